@@ -1,0 +1,34 @@
+// Kernel entry points behind mstr_kernels._C. All input checks live in
+// fractal_attention.cpp; the kernels assume checked inputs:
+//   q, k, v: (B, H, T, D), same dtype and device, any strides (including 0 for dout);
+//   lengths: undefined, or int32 contiguous (B,) on the same device, 0 <= lengths[b] <= T;
+//   outputs: allocated by the caller as (B, T, H, D) memory viewed as (B, H, T, D).
+#pragma once
+#include <ATen/ATen.h>
+
+namespace mstr_kernels {
+
+struct FractalParams {
+  int64_t p;
+  int64_t levels;
+  double scale;
+};
+
+void fractal_attention_fwd_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                               const at::Tensor& lengths, const FractalParams& params,
+                               at::Tensor& out);
+void fractal_attention_bwd_cpu(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+                               const at::Tensor& v, const at::Tensor& lengths,
+                               const FractalParams& params, at::Tensor& dq, at::Tensor& dk,
+                               at::Tensor& dv);
+#ifdef MSTR_WITH_CUDA
+void fractal_attention_fwd_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                const at::Tensor& lengths, const FractalParams& params,
+                                at::Tensor& out);
+void fractal_attention_bwd_cuda(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+                                const at::Tensor& v, const at::Tensor& lengths,
+                                const FractalParams& params, at::Tensor& dq, at::Tensor& dk,
+                                at::Tensor& dv);
+#endif
+
+}  // namespace mstr_kernels

@@ -1,0 +1,1 @@
+"""Subcommands of the `mstr` console script (see mstr_kernels/cli.py)."""

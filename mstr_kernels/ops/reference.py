@@ -1,0 +1,55 @@
+"""The readable definition of fractal attention, in plain vectorized PyTorch ops.
+
+Autograd is PyTorch's own. Half-precision inputs are computed in float32 (SPEC section 1);
+float64 stays float64. The only Python loop is over levels.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+
+def frame_mask(B: int, T: int, lengths: Optional[torch.Tensor], device) -> torch.Tensor:
+    """(B, T) bool: True where frame t < lengths[b]."""
+    if lengths is None:
+        return torch.ones(B, T, dtype=torch.bool, device=device)
+    return torch.arange(T, device=device)[None, :] < lengths.to(device)[:, None]
+
+
+def fractal_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                lengths: Optional[torch.Tensor], p: int, levels: int,
+                                scale: float) -> torch.Tensor:
+    """(B, H, T, D) output whose memory is laid out as (B, T, H, D)."""
+    with torch.autocast(q.device.type, enabled=False):
+        out = _reference(q, k, v, lengths, p, levels, scale)
+    return out.to(q.dtype).transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def _reference(q, k, v, lengths, p, levels, scale):
+    B, H, T, D = q.shape
+    compute = torch.float64 if q.dtype == torch.float64 else torch.float32
+    tile = p ** levels
+    T_pad = math.ceil(T / tile) * tile  # whole tiles, so every level's view is exact
+    mask = F.pad(frame_mask(B, T, lengths, q.device), (0, T_pad - T)).to(compute)  # (B, T_pad)
+    m = mask[:, None, :, None]
+    qs, ks, vs = (F.pad(x.to(compute), (0, 0, 0, T_pad - T)) * m for x in (q, k, v))
+
+    out = torch.zeros(B, H, T_pad, D, dtype=compute, device=q.device)
+    for level in range(levels):
+        S = p ** level
+        n_pooled = T_pad // S
+        count = mask.view(B, n_pooled, S).sum(-1)[:, None, :, None]  # valid frames per group
+        valid = count > 0
+        pooled = [x.view(B, H, n_pooled, S, D).sum(3) / count.clamp(min=1) for x in (qs, ks, vs)]
+        qw, kw, vw = (x.view(B, H, n_pooled // p, p, D) for x in pooled)
+        scores = (qw @ kw.transpose(-1, -2)) * scale  # (B, H, windows, p, p)
+        key_valid = valid.view(B, 1, n_pooled // p, 1, p)
+        # A finite fill keeps windows with no valid key finite; their queries are masked below.
+        scores = scores.masked_fill(~key_valid, torch.finfo(compute).min)
+        y = (torch.softmax(scores, dim=-1) @ vw).view(B, H, n_pooled, D)
+        mixed = F.gelu(y) * valid
+        out = out + mixed.repeat_interleave(S, dim=2)
+    return (out * m)[:, :, :T]
