@@ -1,0 +1,66 @@
+"""The dataset interface that training consumes and every corpus plugs into.
+
+A corpus is a `DatasetBundle`: class names, feature size, and one or more `Fold`s, each with
+train / valid / test parts. Model selection reads `valid` only, never `test` (SPEC section 3).
+Each part is a torch `Dataset` of `(features (T, F) float tensor, label int)`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+from torch.utils.data import Dataset
+
+
+@dataclass
+class Fold:
+    name: str
+    train: Dataset
+    valid: Dataset
+    test: Dataset
+
+
+@dataclass
+class DatasetBundle:
+    name: str
+    class_names: List[str]
+    feature_dim: int
+    folds: List[Fold]
+    # Extractor settings the features were made with (model, layer, sample rate), saved into
+    # checkpoints so that `mstr predict` rebuilds the same features; None for synthetic data.
+    extractor: Optional[dict] = None
+    # Per-dataset defaults of the paper's protocol (epochs, lr, fixed length, metric).
+    preset: Dict[str, object] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+# name -> builder(features_dir: Optional[str], **options) -> DatasetBundle
+DATASET_BUILDERS: Dict[str, Callable[..., DatasetBundle]] = {}
+
+
+def register_dataset(name: str):
+    def wrap(builder):
+        DATASET_BUILDERS[name] = builder
+        return builder
+    return wrap
+
+
+def build_dataset(name: str, features_dir: Optional[str] = None, **options) -> DatasetBundle:
+    _import_builtin_datasets()
+    if name not in DATASET_BUILDERS:
+        raise ValueError(f"dataset={name!r} is unknown: allowed are {sorted(DATASET_BUILDERS)}")
+    return DATASET_BUILDERS[name](features_dir, **options)
+
+
+def _import_builtin_datasets():
+    """Corpus modules register themselves on import."""
+    import importlib
+    for module in ("synthetic", "corpora"):
+        try:
+            importlib.import_module(f"mstr_kernels.data.{module}")
+        except ModuleNotFoundError as e:
+            if e.name != f"mstr_kernels.data.{module}":
+                raise

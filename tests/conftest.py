@@ -1,0 +1,15 @@
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))  # float64_loop and helpers
+
+CUDA = torch.cuda.is_available()
+requires_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (none visible to torch)")
+
+
+def pytest_report_header(config):
+    return (f"torch {torch.__version__}, CUDA available: {CUDA}, "
+            f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '')}")
