@@ -76,7 +76,7 @@ def extensions_and_info():
     if with_cuda:
         cpp.CUDA_HOME = cuda_home
     sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").glob("**/*.cpp"))
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+    cxx_flags = ["-O3", "-std=c++20", "-fopenmp"]
     define_macros = []
     include_dirs = [str(ROOT / "csrc")]
     if with_cuda:
