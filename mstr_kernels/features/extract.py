@@ -99,7 +99,7 @@ def extract_corpus(corpus: str, root, out, model: str, layer: int, *, device=Non
 
     max_samples = None if max_seconds is None else int(max_seconds * TARGET_SAMPLE_RATE)
     loader = DataLoader(_DecodedAudio(todo, max_samples), batch_size=None, shuffle=False,
-                        num_workers=num_workers if todo else 0)
+                        num_workers=num_workers if todo else 0, collate_fn=_as_is)
     bar = tqdm(total=len(todo), desc=f"extract {corpus}", unit="utt", disable=not progress,
                file=stream)
     # utterances are decoded in order, then run in batches of similar length to waste little
@@ -156,6 +156,11 @@ def extract_corpus(corpus: str, root, out, model: str, layer: int, *, device=Non
     return summary
 
 
+def _as_is(item):
+    """Keeps the numpy waveforms as they are (the default collate makes tensors of them)."""
+    return item
+
+
 def _feature_path(out, utt_id):
     return os.path.join(out, FEATURES_SUBDIR, utt_id + ".safetensors")
 
@@ -185,8 +190,12 @@ def _check_or_write_settings(out, corpus, settings):
         with open(path, encoding="utf-8") as f:
             existing = json.load(f)
         if existing != record:
-            raise ValueError(f"out={out!r} holds features made with {existing}, not {record}: "
-                             f"choose another --out folder")
+            stored = dict(existing.get("extractor", {}), corpus=existing.get("corpus"))
+            differences = {key: (stored.get(key), value)
+                           for key, value in dict(settings, corpus=corpus).items()
+                           if stored.get(key) != value}
+            raise ValueError(f"out={out!r} holds features made with other settings "
+                             f"(stored, asked): {differences}: choose another --out folder")
         return
     _write_json(path, record)
 
