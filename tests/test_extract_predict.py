@@ -65,7 +65,8 @@ def setup(tmp_path_factory):
 
 
 def _direct_features(model_dir, layer, audio, normalize):
-    """hidden_states[layer] of the full, untruncated model on one unpadded waveform."""
+    """hidden_states[layer] of the full, untruncated model on one unpadded waveform, and its
+    last_hidden_state."""
     from transformers import HubertModel
     model = HubertModel.from_pretrained(model_dir).eval()
     x = audio.astype(np.float64)
@@ -73,7 +74,7 @@ def _direct_features(model_dir, layer, audio, normalize):
         x = (x - x.mean()) / np.sqrt(x.var() + 1e-7)
     with torch.inference_mode():
         out = model(torch.tensor(x, dtype=torch.float32)[None], output_hidden_states=True)
-    return out.hidden_states[layer][0]
+    return out.hidden_states[layer][0], out.last_hidden_state[0]
 
 
 @pytest.mark.parametrize("model, layer", [("hubert_large_like", 1), ("hubert_large_like", 3),
@@ -91,9 +92,14 @@ def test_features_are_the_layer_of_the_full_model(setup, tmp_path, model, layer)
         stored = load_file(out / entry["file"])["features"]
         assert stored.dtype == torch.float16 and stored.shape == (entry["length"], 32)
         audio = load_audio(os.path.join(setup / "IEMOCAP", entry["source"]))
-        direct = _direct_features(setup / model, layer, audio, manifest["extractor"]["normalize"])
+        direct, last = _direct_features(setup / model, layer, audio,
+                                        manifest["extractor"]["normalize"])
         assert stored.shape == direct.shape
         torch.testing.assert_close(stored.float(), direct, atol=3e-3, rtol=3e-3)
+        if layer == 3 and model == "hubert_large_like":
+            # the last layer's output, not the encoder's final LayerNorm of it (fairseq's
+            # output_layer meaning, which the authors' code used)
+            assert (stored.float() - last).abs().max() > 0.1
 
 
 def test_extraction_resumes_and_refuses_other_settings(setup, tmp_path, capsys):

@@ -1,9 +1,11 @@
 """HuBERT features through transformers' `HubertModel`: one layer's hidden states, 50 frames/s.
 
-Layer L (1-based) is `hidden_states[L]` of the full model, the output of transformer layer L.
-Layers above L+1 are dropped before running (their output is never used); layer L+1 is kept
-because for the stable-layer-norm models (hubert-large) transformers applies the final
-LayerNorm to the last hidden state only, and layer L must stay the plain output of layer L.
+Layer L (1-based) is the output of transformer layer L, as fairseq's
+`extract_features(output_layer=L)` gives it (what the authors' code used) and as transformers 5
+returns it in `hidden_states[L]`. It is taken with a forward hook on that layer rather than from
+`hidden_states`, because transformers 4 applied the encoder's final LayerNorm of the
+stable-layer-norm models (hubert-large) to the last entry of `hidden_states`: with the hook,
+layer 24 means the same thing in every version. The layers above L are dropped before running.
 """
 from __future__ import annotations
 
@@ -28,8 +30,10 @@ class HubertFeatureExtractor:
             raise ValueError(f"layer={layer} is out of range: {self.model_name} has layers "
                              f"1..{n_layers}")
         self.layer = layer
-        hubert.encoder.layers = hubert.encoder.layers[:min(layer + 1, n_layers)]
+        hubert.encoder.layers = hubert.encoder.layers[:layer]
         self.model = hubert.eval().to(self.device)
+        self._captured = None
+        hubert.encoder.layers[layer - 1].register_forward_hook(self._capture)
         # "layer"-normed feature encoders (hubert-large) take padding with an attention mask;
         # "group"-normed ones (hubert-base) normalise over time, so padding would change the
         # features: those run one utterance at a time.
@@ -42,6 +46,10 @@ class HubertFeatureExtractor:
                 do_normalize=self.supports_padding, return_attention_mask=self.supports_padding)
         self.feature_dim = hubert.config.hidden_size
         self.min_samples = self._min_samples()
+
+    def _capture(self, module, inputs, output):
+        # transformers 4 layers return a tuple (hidden states, attention weights), 5 a tensor
+        self._captured = output[0] if isinstance(output, tuple) else output
 
     @property
     def settings(self) -> dict:
@@ -70,6 +78,6 @@ class HubertFeatureExtractor:
         kwargs = {"input_values": inputs["input_values"].to(self.device)}
         if self.supports_padding:
             kwargs["attention_mask"] = inputs["attention_mask"].to(self.device)
-        hidden = self.model(**kwargs, output_hidden_states=True).hidden_states[self.layer]
-        hidden = hidden.float().cpu()
+        self.model(**kwargs)
+        hidden, self._captured = self._captured.float().cpu(), None
         return [hidden[i, :self.num_frames(len(w))] for i, w in enumerate(waveforms)]
