@@ -8,7 +8,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 MANIFEST_NAME = "manifest.json"
@@ -147,14 +146,3 @@ def option_choice(value, name, allowed):
     if value not in allowed:
         raise ValueError(f"{name}={value!r} is not allowed: choose one of {list(allowed)}")
     return value
-
-
-def counts_by_label(entries: Sequence[dict]) -> Dict[str, int]:
-    out: Dict[str, int] = {}
-    for e in entries:
-        out[e["label"]] = out.get(e["label"], 0) + 1
-    return out
-
-
-def as_tensor_labels(dataset: FeatureDataset) -> torch.Tensor:
-    return torch.tensor(dataset.labels, dtype=torch.long)
