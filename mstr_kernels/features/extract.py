@@ -150,6 +150,10 @@ def extract_corpus(corpus: str, root, out, model: str, layer: int, *, device=Non
     print(f"{corpus}: {summary.extracted} extracted, {summary.reused} already done, "
           f"{len(summary.skipped)} skipped, {len(summary.truncated)} cut; "
           f"{len(lengths)} in {summary.manifest_path}", file=stream)
+    expected = getattr(CORPORA[corpus], "FULL_CORPUS_UTTERANCES", None)
+    if expected is not None and len(scan.utterances) != expected:
+        print(f"note: the full {corpus} corpus has {expected} utterances of the task, this "
+              f"folder lists {len(scan.utterances)}", file=stream)
     if scan.ignored:
         print("labels outside the task (not extracted): " +
               ", ".join(f"{k} {v}" for k, v in sorted(scan.ignored.items())), file=stream)

@@ -19,6 +19,7 @@ LABEL_MAP = {"ANG": "anger", "DIS": "disgust", "FEA": "fear", "HAP": "happy", "N
              "SAD": "sad"}
 SENTENCES = ("IEO", "TIE", "IOM", "IWW", "TAI", "MTI", "IWL", "ITH", "DFA", "ITS", "TSI", "WSI")
 LEVELS = ("LO", "MD", "HI", "XX")
+FULL_CORPUS_UTTERANCES = 7442
 PRESET = {"epochs": 100, "lr": 5e-5, "batch_size": 32, "fixed_length": 150,
           "metrics": ["WA", "UA"], "select_metric": "UA"}
 

@@ -18,6 +18,7 @@ NAME = "iemocap"
 CLASS_NAMES = ["angry", "happy", "neutral", "sad"]
 LABEL_MAP = {"ang": "angry", "hap": "happy", "exc": "happy", "neu": "neutral", "sad": "sad"}
 SESSIONS = (1, 2, 3, 4, 5)
+FULL_CORPUS_UTTERANCES = 5531  # labelled utterances of the 4-class task in the full release
 PRESET = {"epochs": 150, "lr": 1e-4, "batch_size": 32, "fixed_length": 326,
           "metrics": ["WA", "UA"], "select_metric": "UA"}
 
