@@ -84,7 +84,7 @@ def extensions_and_info():
         define_macros.append(("MSTR_WITH_CUDA", None))
         include_dirs += nvidia_wheel_includes()
         ext_cls = cpp.CUDAExtension
-        extra = {"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17", "--use_fast_math",
+        extra = {"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++20", "--use_fast_math",
                                             "-lineinfo", "-DMSTR_WITH_CUDA"]}
     else:
         ext_cls = cpp.CppExtension

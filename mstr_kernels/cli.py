@@ -10,6 +10,9 @@ import sys
 # subcommand modules, in the order `mstr --help` lists them
 COMMAND_MODULES = (
     "mstr_kernels.commands.info",
+    "mstr_kernels.commands.demo",
+    "mstr_kernels.commands.extract",
+    "mstr_kernels.commands.predict",
 )
 
 
