@@ -17,16 +17,26 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
 
 #include "fractal_attention.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <emmintrin.h>
+#define MSTR_CPU_STREAMING_STORES 1
+#else
+#define MSTR_CPU_STREAMING_STORES 0
+#endif
 
 namespace mstr_kernels {
 namespace cpu_kernels {
@@ -54,6 +64,8 @@ struct StridedRows {
 struct Geometry {
   int64_t B, H, T, D, Dp, p, levels, P, ntiles, total_rows;
   int64_t rows[kMaxLevels], off[kMaxLevels], span[kMaxLevels];  // span = frames per pooled row
+  bool stream = false;    // non-temporal stores of the outputs (see copy_out)
+  int64_t prefetch = 0;   // gather prefetches this many rows ahead
 
   Geometry(const at::Tensor& q, const FractalParams& params, int64_t vec_width) {
     B = q.size(0); H = q.size(1); T = q.size(2); D = q.size(3);
@@ -79,31 +91,68 @@ struct Geometry {
 template <typename acc_t>
 using Vec = Vectorized<acc_t>;
 
+// One row of D values into dst[0, Dp), zero-padded. Whole vectors, not memcpy: a 256-byte
+// memcpy call costs more than the four vector moves it does.
 template <typename scalar_t, typename acc_t>
 inline void load_row(const scalar_t* src, int64_t sd, int64_t D, int64_t Dp, acc_t* dst) {
-  if (sd == 1) {
-    if constexpr (std::is_same_v<scalar_t, acc_t>) {
-      std::memcpy(dst, src, D * sizeof(acc_t));
-    } else {
-      for (int64_t d = 0; d < D; ++d) dst[d] = static_cast<acc_t>(src[d]);
+  constexpr int64_t W = Vec<acc_t>::size();
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    if (sd == 1) {
+      int64_t d = 0;
+      for (; d + W <= D; d += W) Vec<acc_t>::loadu(src + d).store(dst + d);
+      if (d < D) Vec<acc_t>::loadu(src + d, D - d).store(dst + d);  // zeros up to Dp
+      return;
     }
-  } else {
-    for (int64_t d = 0; d < D; ++d) dst[d] = static_cast<acc_t>(src[d * sd]);
   }
+  for (int64_t d = 0; d < D; ++d) dst[d] = static_cast<acc_t>(src[d * sd]);
   for (int64_t d = D; d < Dp; ++d) dst[d] = acc_t(0);
 }
 
+// Copies n contiguous values; with `stream`, 16-byte aligned rows bypass the cache
+// (non-temporal stores): the kernel never reads its outputs, and a normal store of a large output
+// first reads every line it writes (write-allocate), a third more memory traffic.
+template <typename scalar_t>
+inline void copy_out(const scalar_t* src, int64_t n, scalar_t* dst, bool stream) {
+  const size_t bytes = static_cast<size_t>(n) * sizeof(scalar_t);
+#if MSTR_CPU_STREAMING_STORES
+  if (stream && (reinterpret_cast<uintptr_t>(dst) & 15) == 0 && bytes % 16 == 0) {
+    for (size_t o = 0; o < bytes; o += 16)
+      _mm_stream_si128(reinterpret_cast<__m128i*>(reinterpret_cast<char*>(dst) + o),
+                       _mm_loadu_si128(reinterpret_cast<const __m128i*>(
+                           reinterpret_cast<const char*>(src) + o)));
+    return;
+  }
+#endif
+  if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
+    constexpr int64_t W = Vec<scalar_t>::size();
+    int64_t d = 0;
+    for (; d + W <= n; d += W) Vec<scalar_t>::loadu(src + d).store(dst + d);
+    if (d < n) Vec<scalar_t>::loadu(src + d, n - d).store(dst + d, n - d);
+  } else {
+    std::memcpy(dst, src, bytes);
+  }
+}
+
 template <typename scalar_t, typename acc_t>
-inline void store_row(const acc_t* src, int64_t D, scalar_t* dst, int64_t sd) {
+inline void store_row(const acc_t* src, int64_t D, scalar_t* dst, int64_t sd, bool stream) {
   if (sd == 1) {
     if constexpr (std::is_same_v<scalar_t, acc_t>) {
-      std::memcpy(dst, src, D * sizeof(acc_t));
+      copy_out(src, D, dst, stream);
     } else {
-      for (int64_t d = 0; d < D; ++d) dst[d] = static_cast<scalar_t>(src[d]);
+      scalar_t row[256];
+      for (int64_t d = 0; d < D; ++d) row[d] = static_cast<scalar_t>(src[d]);
+      copy_out(row, D, dst, stream);
     }
   } else {
     for (int64_t d = 0; d < D; ++d) dst[d * sd] = static_cast<scalar_t>(src[d]);
   }
+}
+
+template <typename scalar_t>
+inline void prefetch_row(const scalar_t* row, int64_t D) {
+  const char* bytes = reinterpret_cast<const char*>(row);
+  for (int64_t o = 0; o < D * static_cast<int64_t>(sizeof(scalar_t)); o += 64)
+    __builtin_prefetch(bytes + o);
 }
 
 template <typename scalar_t>
@@ -121,11 +170,7 @@ inline acc_t dot(const acc_t* a, const acc_t* b, int64_t Dp) {
     s1 = at::vec::fmadd(Vec<acc_t>::loadu(a + d + W), Vec<acc_t>::loadu(b + d + W), s1);
   }
   if (d < Dp) s0 = at::vec::fmadd(Vec<acc_t>::loadu(a + d), Vec<acc_t>::loadu(b + d), s0);
-  alignas(64) acc_t lanes[W];
-  (s0 + s1).store(lanes);
-  acc_t total = 0;
-  for (int64_t i = 0; i < W; ++i) total += lanes[i];
-  return total;
+  return at::vec::vec_reduce_all<acc_t>(std::plus<Vec<acc_t>>(), s0 + s1);
 }
 
 template <typename acc_t>
@@ -185,19 +230,26 @@ void build_pyramid(acc_t* buf, const Geometry& g, int64_t nt, bool to_means) {
 template <typename acc_t>
 inline void window_probs(const acc_t* Q, const acc_t* K, int64_t n, int64_t Dp, acc_t scale,
                          acc_t probs[kMaxP][kMaxP]) {
+  // The n*n max-subtracted scores are exponentiated as one flat array: a few vector exps.
+  alignas(64) acc_t flat[kMaxP * kMaxP];
   for (int64_t j = 0; j < n; ++j) {
     acc_t top = -std::numeric_limits<acc_t>::infinity();
     for (int64_t i = 0; i < n; ++i) {
-      probs[j][i] = scale * dot(Q + j * Dp, K + i * Dp, Dp);
-      top = std::max(top, probs[j][i]);
+      flat[j * n + i] = scale * dot(Q + j * Dp, K + i * Dp, Dp);
+      top = std::max(top, flat[j * n + i]);
     }
+    for (int64_t i = 0; i < n; ++i) flat[j * n + i] -= top;
+  }
+  constexpr int64_t W = Vec<acc_t>::size();
+  for (int64_t o = 0; o < n * n; o += W) {
+    const int64_t count = std::min(W, n * n - o);
+    Vec<acc_t>::loadu(flat + o, count).exp().store(flat + o, count);
+  }
+  for (int64_t j = 0; j < n; ++j) {
     acc_t z = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      probs[j][i] = std::exp(probs[j][i] - top);
-      z += probs[j][i];
-    }
+    for (int64_t i = 0; i < n; ++i) z += flat[j * n + i];
     const acc_t inv_z = acc_t(1) / z;
-    for (int64_t i = 0; i < n; ++i) probs[j][i] *= inv_z;
+    for (int64_t i = 0; i < n; ++i) probs[j][i] = flat[j * n + i] * inv_z;
   }
 }
 
@@ -221,6 +273,11 @@ int64_t gather_tile(const StridedRows<const scalar_t>& q, const StridedRows<cons
                     const StridedRows<const scalar_t>& v, int64_t b, int64_t h, int64_t t0,
                     int64_t nt, const Geometry& g, Scratch<acc_t>& s) {
   for (int64_t t = 0; t < nt; ++t) {
+    if (g.prefetch && t + g.prefetch < nt) {
+      prefetch_row(q.row(b, h, t0 + t + g.prefetch), g.D);
+      prefetch_row(k.row(b, h, t0 + t + g.prefetch), g.D);
+      prefetch_row(v.row(b, h, t0 + t + g.prefetch), g.D);
+    }
     load_row(q.row(b, h, t0 + t), q.sd, g.D, g.Dp, s.q.data() + t * g.Dp);
     load_row(k.row(b, h, t0 + t), k.sd, g.D, g.Dp, s.k.data() + t * g.Dp);
     load_row(v.row(b, h, t0 + t), v.sd, g.D, g.Dp, s.v.data() + t * g.Dp);
@@ -264,7 +321,7 @@ void forward_tile(const StridedRows<const scalar_t>& q, const StridedRows<const 
             if (up) o = o + Vec<acc_t>::loadu(up + d);
             o.store(dst + d);
           }
-          if (l == 0) store_row(row, g.D, out.row(b, h, t0 + r0 + j), out.sd);
+          if (l == 0) store_row(row, g.D, out.row(b, h, t0 + r0 + j), out.sd, g.stream);
         }
       }
     }
@@ -283,8 +340,10 @@ void backward_tile(const StridedRows<const scalar_t>& dout, const StridedRows<co
   if (nt > 0) {
     gather_tile(q, k, v, b, h, t0, nt, g, s);
     // dL/dGELU(Y_l)[j] is the sum of dout over the frames of pooled row j: a pyramid of sums.
-    for (int64_t t = 0; t < nt; ++t)
+    for (int64_t t = 0; t < nt; ++t) {
+      if (g.prefetch && t + g.prefetch < nt) prefetch_row(dout.row(b, h, t0 + t + g.prefetch), g.D);
       load_row(dout.row(b, h, t0 + t), dout.sd, g.D, Dp, s.dg.data() + t * Dp);
+    }
     build_pyramid(s.dg.data(), g, nt, false);
     alignas(64) acc_t rq[256 + 64], rk[256 + 64], rv[256 + 64];
     acc_t probs[kMaxP][kMaxP], dscore[kMaxP][kMaxP];
@@ -350,9 +409,9 @@ void backward_tile(const StridedRows<const scalar_t>& dout, const StridedRows<co
           }
           if (l == 0) {
             const int64_t t = t0 + r0 + r;
-            store_row(rq, g.D, dq.row(b, h, t), dq.sd);
-            store_row(rk, g.D, dk.row(b, h, t), dk.sd);
-            store_row(rv, g.D, dv.row(b, h, t), dv.sd);
+            store_row(rq, g.D, dq.row(b, h, t), dq.sd, g.stream);
+            store_row(rk, g.D, dk.row(b, h, t), dk.sd, g.stream);
+            store_row(rv, g.D, dv.row(b, h, t), dv.sd, g.stream);
           }
         }
       }
@@ -382,7 +441,18 @@ void for_each_tile(const Geometry& g, const at::Tensor& lengths, bool backward, 
       const int64_t nt = std::clamp<int64_t>(n - t0, 0, tlen);
       fn(b, h, t0, tlen, nt, scratch);
     }
+#if MSTR_CPU_STREAMING_STORES
+    if (g.stream) _mm_sfence();  // make this thread's non-temporal stores globally visible
+#endif
   });
+}
+
+void tune(Geometry& g, const at::Tensor& q) {
+  const int64_t out_bytes = q.numel() * static_cast<int64_t>(q.element_size());
+  const char* nt = std::getenv("MSTR_CPU_NT");
+  const char* pf = std::getenv("MSTR_CPU_PF");
+  g.stream = nt ? std::atoi(nt) != 0 : out_bytes >= (int64_t(8) << 20);
+  g.prefetch = pf ? std::atoi(pf) : 0;
 }
 
 }  // namespace
@@ -392,7 +462,8 @@ void fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(),
                                   "fractal_attention_fwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const Geometry g(q, params, Vec<acc_t>::size());
+    Geometry g(q, params, Vec<acc_t>::size());
+    tune(g, q);
     const StridedRows<const scalar_t> Q(q), K(k), V(v);
     const StridedRows<scalar_t> O(out);
     const acc_t scale = static_cast<acc_t>(params.scale);
@@ -409,7 +480,8 @@ void bwd(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(),
                                   "fractal_attention_bwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const Geometry g(q, params, Vec<acc_t>::size());
+    Geometry g(q, params, Vec<acc_t>::size());
+    tune(g, q);
     const StridedRows<const scalar_t> dO(dout), Q(q), K(k), V(v);
     const StridedRows<scalar_t> dQ(dq), dK(dk), dV(dv);
     const acc_t scale = static_cast<acc_t>(params.scale);
