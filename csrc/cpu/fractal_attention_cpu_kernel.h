@@ -23,7 +23,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <type_traits>
@@ -447,12 +446,16 @@ void for_each_tile(const Geometry& g, const at::Tensor& lengths, bool backward, 
   });
 }
 
+// Streaming stores pay off once the outputs are far larger than the caches (they would be
+// evicted to memory anyway); small outputs stay in cache for whatever reads them next.
+constexpr int64_t kStreamingBytes = int64_t(8) << 20;
+// Rows ahead that the gather prefetches: tile rows are strided (by 3*H*D in a fused projection),
+// so a few rows of lead keep several cache misses in flight.
+constexpr int64_t kPrefetchRows = 8;
+
 void tune(Geometry& g, const at::Tensor& q) {
-  const int64_t out_bytes = q.numel() * static_cast<int64_t>(q.element_size());
-  const char* nt = std::getenv("MSTR_CPU_NT");
-  const char* pf = std::getenv("MSTR_CPU_PF");
-  g.stream = nt ? std::atoi(nt) != 0 : out_bytes >= (int64_t(8) << 20);
-  g.prefetch = pf ? std::atoi(pf) : 0;
+  g.stream = q.numel() * static_cast<int64_t>(q.element_size()) >= kStreamingBytes;
+  g.prefetch = kPrefetchRows;
 }
 
 }  // namespace
