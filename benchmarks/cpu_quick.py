@@ -73,10 +73,10 @@ def main() -> None:
             fractal_attention(q, k, v, p=p, levels=levels, backend="cpu")
 
     def fwd_bwd(fn):
+        # autograd.grad, not .backward(): accumulating into .grad of a strided leaf would add a
+        # strided copy of each gradient (AccumulateGrad obeys the leaf's layout) to every backend.
         def run():
-            for x in leaf:
-                x.grad = None
-            fn(*leaf).backward(grad)
+            torch.autograd.grad(fn(*leaf), leaf, grad)
         return run
 
     def fused(qq, kk, vv):

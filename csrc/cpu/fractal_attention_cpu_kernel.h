@@ -25,8 +25,8 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <type_traits>
-#include <vector>
 
 #include "fractal_attention.h"
 
@@ -77,9 +77,10 @@ struct Geometry {
     ntiles = (T + P - 1) / P;
     total_rows = 0;
     int64_t s = 1;
+    const int64_t frames = std::min(P, T);  // a tile never holds more than T frames
     for (int64_t l = 0; l < levels; ++l) {
       span[l] = s;
-      rows[l] = P / s;
+      rows[l] = (frames + s - 1) / s;
       off[l] = total_rows;
       total_rows += rows[l];
       s *= p;
@@ -255,14 +256,19 @@ inline void window_probs(const acc_t* Q, const acc_t* K, int64_t n, int64_t Dp, 
 // Per-thread scratch for one tile: q, k, v pyramids and per-level carries.
 template <typename acc_t>
 struct Scratch {
-  std::vector<acc_t> q, k, v, carry;              // forward
-  std::vector<acc_t> dg, carry_k, carry_v, dy;    // backward (carry holds the q carry)
+  // One uninitialized block: every row is written before it is read (pads included).
+  std::unique_ptr<acc_t[]> block;
+  acc_t *q, *k, *v, *carry;             // forward
+  acc_t *dg, *carry_k, *carry_v, *dy;   // backward (carry holds the q carry)
   Scratch(const Geometry& g, bool backward) {
-    const size_t n = static_cast<size_t>(g.total_rows * g.Dp);
-    q.resize(n); k.resize(n); v.resize(n); carry.resize(n);
+    const int64_t n = g.total_rows * g.Dp;
+    block.reset(new acc_t[(backward ? 7 : 4) * n + (backward ? kMaxP * g.Dp : 0)]);
+    acc_t* next = block.get();
+    for (acc_t** array : {&q, &k, &v, &carry}) { *array = next; next += n; }
+    dg = carry_k = carry_v = dy = nullptr;
     if (backward) {
-      dg.resize(n); carry_k.resize(n); carry_v.resize(n);
-      dy.resize(static_cast<size_t>(kMaxP * g.Dp));
+      for (acc_t** array : {&dg, &carry_k, &carry_v}) { *array = next; next += n; }
+      dy = next;
     }
   }
 };
@@ -277,13 +283,13 @@ int64_t gather_tile(const StridedRows<const scalar_t>& q, const StridedRows<cons
       prefetch_row(k.row(b, h, t0 + t + g.prefetch), g.D);
       prefetch_row(v.row(b, h, t0 + t + g.prefetch), g.D);
     }
-    load_row(q.row(b, h, t0 + t), q.sd, g.D, g.Dp, s.q.data() + t * g.Dp);
-    load_row(k.row(b, h, t0 + t), k.sd, g.D, g.Dp, s.k.data() + t * g.Dp);
-    load_row(v.row(b, h, t0 + t), v.sd, g.D, g.Dp, s.v.data() + t * g.Dp);
+    load_row(q.row(b, h, t0 + t), q.sd, g.D, g.Dp, s.q + t * g.Dp);
+    load_row(k.row(b, h, t0 + t), k.sd, g.D, g.Dp, s.k + t * g.Dp);
+    load_row(v.row(b, h, t0 + t), v.sd, g.D, g.Dp, s.v + t * g.Dp);
   }
-  build_pyramid(s.q.data(), g, nt, true);
-  build_pyramid(s.k.data(), g, nt, true);
-  build_pyramid(s.v.data(), g, nt, true);
+  build_pyramid(s.q, g, nt, true);
+  build_pyramid(s.k, g, nt, true);
+  build_pyramid(s.v, g, nt, true);
   return nt;
 }
 
@@ -300,11 +306,11 @@ void forward_tile(const StridedRows<const scalar_t>& q, const StridedRows<const 
     acc_t probs[kMaxP][kMaxP];
     for (int64_t l = g.levels - 1; l >= 0; --l) {
       const int64_t m = (nt + g.span[l] - 1) / g.span[l];
-      const acc_t* Q = s.q.data() + g.off[l] * Dp;
-      const acc_t* K = s.k.data() + g.off[l] * Dp;
-      const acc_t* V = s.v.data() + g.off[l] * Dp;
-      acc_t* carry = s.carry.data() + g.off[l] * Dp;
-      const acc_t* above = l + 1 < g.levels ? s.carry.data() + g.off[l + 1] * Dp : nullptr;
+      const acc_t* Q = s.q + g.off[l] * Dp;
+      const acc_t* K = s.k + g.off[l] * Dp;
+      const acc_t* V = s.v + g.off[l] * Dp;
+      acc_t* carry = s.carry + g.off[l] * Dp;
+      const acc_t* above = l + 1 < g.levels ? s.carry + g.off[l + 1] * Dp : nullptr;
       for (int64_t r0 = 0; r0 < m; r0 += g.p) {
         const int64_t n = std::min(g.p, m - r0);
         window_probs(Q + r0 * Dp, K + r0 * Dp, n, Dp, scale, probs);
@@ -341,23 +347,23 @@ void backward_tile(const StridedRows<const scalar_t>& dout, const StridedRows<co
     // dL/dGELU(Y_l)[j] is the sum of dout over the frames of pooled row j: a pyramid of sums.
     for (int64_t t = 0; t < nt; ++t) {
       if (g.prefetch && t + g.prefetch < nt) prefetch_row(dout.row(b, h, t0 + t + g.prefetch), g.D);
-      load_row(dout.row(b, h, t0 + t), dout.sd, g.D, Dp, s.dg.data() + t * Dp);
+      load_row(dout.row(b, h, t0 + t), dout.sd, g.D, Dp, s.dg + t * Dp);
     }
-    build_pyramid(s.dg.data(), g, nt, false);
+    build_pyramid(s.dg, g, nt, false);
     alignas(64) acc_t rq[256 + 64], rk[256 + 64], rv[256 + 64];
     acc_t probs[kMaxP][kMaxP], dscore[kMaxP][kMaxP];
-    acc_t* dY = s.dy.data();
+    acc_t* dY = s.dy;
     for (int64_t l = g.levels - 1; l >= 0; --l) {
       const int64_t m = (nt + g.span[l] - 1) / g.span[l];
       const int64_t o = g.off[l] * Dp;
-      const acc_t* Q = s.q.data() + o;
-      const acc_t* K = s.k.data() + o;
-      const acc_t* V = s.v.data() + o;
-      const acc_t* dG = s.dg.data() + o;
-      acc_t* carries[3] = {s.carry.data() + o, s.carry_k.data() + o, s.carry_v.data() + o};
+      const acc_t* Q = s.q + o;
+      const acc_t* K = s.k + o;
+      const acc_t* V = s.v + o;
+      const acc_t* dG = s.dg + o;
+      acc_t* carries[3] = {s.carry + o, s.carry_k + o, s.carry_v + o};
       const bool has_above = l + 1 < g.levels;
       const int64_t oa = has_above ? g.off[l + 1] * Dp : 0;
-      const acc_t* above[3] = {s.carry.data() + oa, s.carry_k.data() + oa, s.carry_v.data() + oa};
+      const acc_t* above[3] = {s.carry + oa, s.carry_k + oa, s.carry_v + oa};
       for (int64_t r0 = 0; r0 < m; r0 += g.p) {
         const int64_t n = std::min(g.p, m - r0);
         const acc_t* Qw = Q + r0 * Dp;
