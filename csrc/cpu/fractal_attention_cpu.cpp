@@ -55,12 +55,4 @@ void fractal_attention_bwd_cpu(const at::Tensor& dout, const at::Tensor& q, cons
   }
 }
 
-std::string fractal_attention_cpu_variant() {
-  switch (cpu_variant()) {
-    case Variant::kAvx512: return "AVX512";
-    case Variant::kAvx2: return "AVX2";
-    default: return "DEFAULT";
-  }
-}
-
 }  // namespace mstr_kernels

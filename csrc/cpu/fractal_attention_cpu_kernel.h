@@ -22,20 +22,12 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdint>
 #include <cstring>
 #include <limits>
 #include <memory>
 #include <type_traits>
 
 #include "fractal_attention.h"
-
-#if defined(__x86_64__) || defined(_M_X64)
-#include <emmintrin.h>
-#define MSTR_CPU_STREAMING_STORES 1
-#else
-#define MSTR_CPU_STREAMING_STORES 0
-#endif
 
 namespace mstr_kernels {
 namespace cpu_kernels {
@@ -63,8 +55,6 @@ struct StridedRows {
 struct Geometry {
   int64_t B, H, T, D, Dp, p, levels, P, ntiles, total_rows;
   int64_t rows[kMaxLevels], off[kMaxLevels], span[kMaxLevels];  // span = frames per pooled row
-  bool stream = false;    // non-temporal stores of the outputs (see copy_out)
-  int64_t prefetch = 0;   // gather prefetches this many rows ahead
 
   Geometry(const at::Tensor& q, const FractalParams& params, int64_t vec_width) {
     B = q.size(0); H = q.size(1); T = q.size(2); D = q.size(3);
@@ -108,51 +98,34 @@ inline void load_row(const scalar_t* src, int64_t sd, int64_t D, int64_t Dp, acc
   for (int64_t d = D; d < Dp; ++d) dst[d] = acc_t(0);
 }
 
-// Copies n contiguous values; with `stream`, 16-byte aligned rows bypass the cache
-// (non-temporal stores): the kernel never reads its outputs, and a normal store of a large output
-// first reads every line it writes (write-allocate), a third more memory traffic.
+// Copies n contiguous values with whole vectors (a short memcpy call costs more than its moves).
+// Plain stores: streaming (non-temporal) stores of the output rows measured no faster here
+// (benchmarks/NOTES.md), so outputs stay in cache for whatever reads them next.
 template <typename scalar_t>
-inline void copy_out(const scalar_t* src, int64_t n, scalar_t* dst, bool stream) {
-  const size_t bytes = static_cast<size_t>(n) * sizeof(scalar_t);
-#if MSTR_CPU_STREAMING_STORES
-  if (stream && (reinterpret_cast<uintptr_t>(dst) & 15) == 0 && bytes % 16 == 0) {
-    for (size_t o = 0; o < bytes; o += 16)
-      _mm_stream_si128(reinterpret_cast<__m128i*>(reinterpret_cast<char*>(dst) + o),
-                       _mm_loadu_si128(reinterpret_cast<const __m128i*>(
-                           reinterpret_cast<const char*>(src) + o)));
-    return;
-  }
-#endif
+inline void copy_out(const scalar_t* src, int64_t n, scalar_t* dst) {
   if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
     constexpr int64_t W = Vec<scalar_t>::size();
     int64_t d = 0;
     for (; d + W <= n; d += W) Vec<scalar_t>::loadu(src + d).store(dst + d);
     if (d < n) Vec<scalar_t>::loadu(src + d, n - d).store(dst + d, n - d);
   } else {
-    std::memcpy(dst, src, bytes);
+    std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(scalar_t));
   }
 }
 
 template <typename scalar_t, typename acc_t>
-inline void store_row(const acc_t* src, int64_t D, scalar_t* dst, int64_t sd, bool stream) {
+inline void store_row(const acc_t* src, int64_t D, scalar_t* dst, int64_t sd) {
   if (sd == 1) {
     if constexpr (std::is_same_v<scalar_t, acc_t>) {
-      copy_out(src, D, dst, stream);
+      copy_out(src, D, dst);
     } else {
       scalar_t row[256];
       for (int64_t d = 0; d < D; ++d) row[d] = static_cast<scalar_t>(src[d]);
-      copy_out(row, D, dst, stream);
+      copy_out(row, D, dst);
     }
   } else {
     for (int64_t d = 0; d < D; ++d) dst[d * sd] = static_cast<scalar_t>(src[d]);
   }
-}
-
-template <typename scalar_t>
-inline void prefetch_row(const scalar_t* row, int64_t D) {
-  const char* bytes = reinterpret_cast<const char*>(row);
-  for (int64_t o = 0; o < D * static_cast<int64_t>(sizeof(scalar_t)); o += 64)
-    __builtin_prefetch(bytes + o);
 }
 
 template <typename scalar_t>
@@ -278,11 +251,6 @@ int64_t gather_tile(const StridedRows<const scalar_t>& q, const StridedRows<cons
                     const StridedRows<const scalar_t>& v, int64_t b, int64_t h, int64_t t0,
                     int64_t nt, const Geometry& g, Scratch<acc_t>& s) {
   for (int64_t t = 0; t < nt; ++t) {
-    if (g.prefetch && t + g.prefetch < nt) {
-      prefetch_row(q.row(b, h, t0 + t + g.prefetch), g.D);
-      prefetch_row(k.row(b, h, t0 + t + g.prefetch), g.D);
-      prefetch_row(v.row(b, h, t0 + t + g.prefetch), g.D);
-    }
     load_row(q.row(b, h, t0 + t), q.sd, g.D, g.Dp, s.q + t * g.Dp);
     load_row(k.row(b, h, t0 + t), k.sd, g.D, g.Dp, s.k + t * g.Dp);
     load_row(v.row(b, h, t0 + t), v.sd, g.D, g.Dp, s.v + t * g.Dp);
@@ -326,7 +294,7 @@ void forward_tile(const StridedRows<const scalar_t>& q, const StridedRows<const 
             if (up) o = o + Vec<acc_t>::loadu(up + d);
             o.store(dst + d);
           }
-          if (l == 0) store_row(row, g.D, out.row(b, h, t0 + r0 + j), out.sd, g.stream);
+          if (l == 0) store_row(row, g.D, out.row(b, h, t0 + r0 + j), out.sd);
         }
       }
     }
@@ -345,10 +313,8 @@ void backward_tile(const StridedRows<const scalar_t>& dout, const StridedRows<co
   if (nt > 0) {
     gather_tile(q, k, v, b, h, t0, nt, g, s);
     // dL/dGELU(Y_l)[j] is the sum of dout over the frames of pooled row j: a pyramid of sums.
-    for (int64_t t = 0; t < nt; ++t) {
-      if (g.prefetch && t + g.prefetch < nt) prefetch_row(dout.row(b, h, t0 + t + g.prefetch), g.D);
+    for (int64_t t = 0; t < nt; ++t)
       load_row(dout.row(b, h, t0 + t), dout.sd, g.D, Dp, s.dg + t * Dp);
-    }
     build_pyramid(s.dg, g, nt, false);
     alignas(64) acc_t rq[256 + 64], rk[256 + 64], rv[256 + 64];
     acc_t probs[kMaxP][kMaxP], dscore[kMaxP][kMaxP];
@@ -414,9 +380,9 @@ void backward_tile(const StridedRows<const scalar_t>& dout, const StridedRows<co
           }
           if (l == 0) {
             const int64_t t = t0 + r0 + r;
-            store_row(rq, g.D, dq.row(b, h, t), dq.sd, g.stream);
-            store_row(rk, g.D, dk.row(b, h, t), dk.sd, g.stream);
-            store_row(rv, g.D, dv.row(b, h, t), dv.sd, g.stream);
+            store_row(rq, g.D, dq.row(b, h, t), dq.sd);
+            store_row(rk, g.D, dk.row(b, h, t), dk.sd);
+            store_row(rv, g.D, dv.row(b, h, t), dv.sd);
           }
         }
       }
@@ -446,22 +412,7 @@ void for_each_tile(const Geometry& g, const at::Tensor& lengths, bool backward, 
       const int64_t nt = std::clamp<int64_t>(n - t0, 0, tlen);
       fn(b, h, t0, tlen, nt, scratch);
     }
-#if MSTR_CPU_STREAMING_STORES
-    if (g.stream) _mm_sfence();  // make this thread's non-temporal stores globally visible
-#endif
   });
-}
-
-// Streaming stores pay off once the outputs are far larger than the caches (they would be
-// evicted to memory anyway); small outputs stay in cache for whatever reads them next.
-constexpr int64_t kStreamingBytes = int64_t(8) << 20;
-// Rows ahead that the gather prefetches: tile rows are strided (by 3*H*D in a fused projection),
-// so a few rows of lead keep several cache misses in flight.
-constexpr int64_t kPrefetchRows = 8;
-
-void tune(Geometry& g, const at::Tensor& q) {
-  g.stream = q.numel() * static_cast<int64_t>(q.element_size()) >= kStreamingBytes;
-  g.prefetch = kPrefetchRows;
 }
 
 }  // namespace
@@ -471,8 +422,7 @@ void fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(),
                                   "fractal_attention_fwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    Geometry g(q, params, Vec<acc_t>::size());
-    tune(g, q);
+    const Geometry g(q, params, Vec<acc_t>::size());
     const StridedRows<const scalar_t> Q(q), K(k), V(v);
     const StridedRows<scalar_t> O(out);
     const acc_t scale = static_cast<acc_t>(params.scale);
@@ -489,8 +439,7 @@ void bwd(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(),
                                   "fractal_attention_bwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    Geometry g(q, params, Vec<acc_t>::size());
-    tune(g, q);
+    const Geometry g(q, params, Vec<acc_t>::size());
     const StridedRows<const scalar_t> dO(dout), Q(q), K(k), V(v);
     const StridedRows<scalar_t> dQ(dq), dK(dk), dV(dv);
     const acc_t scale = static_cast<acc_t>(params.scale);
