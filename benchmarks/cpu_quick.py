@@ -1,10 +1,11 @@
 """Quick CPU timings of the fused `cpu` backend for tuning (the full benchmark is `mstr bench`).
 
-Measures, on the same inputs and threads, medians after warm-up:
-  - copy bandwidth: a large tensor.clone() (bytes read + written / time);
-  - the forward's memory floor: bytes of q, k, v read + out written, at that bandwidth;
+Measures, on the same inputs and threads, after warm-up, in interleaved rounds (medians):
+  - copy bandwidth: a 256 MiB tensor.clone() (bytes read + written / time);
+  - the memory floor: bytes of q, k, v read + out written (forward), plus q, k, v, dout read and
+    dq, dk, dv written (backward), at that round's copy bandwidth;
   - the fused forward, and forward + backward, against the reference backend eager and
-    `torch.compile`d.
+    `torch.compile`d (speedups are medians of the per-round ratios).
 
     PYTHONPATH=$PWD python benchmarks/cpu_quick.py [--B 8 --H 16 --T 1024 --D 64] [--no-compile]
 """
@@ -20,15 +21,10 @@ from mstr_kernels.ops.fractal_attention import fractal_attention
 from mstr_kernels.ops.reference import fractal_attention_reference
 
 
-def median_seconds(fn, reps: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -39,7 +35,7 @@ def main() -> None:
     ap.add_argument("--D", type=int, default=64)
     ap.add_argument("--p", type=int, default=3)
     ap.add_argument("--levels", type=int, default=4)
-    ap.add_argument("--reps", type=int, default=9)
+    ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--layout", choices=("projection", "contiguous"), default="projection",
@@ -60,12 +56,6 @@ def main() -> None:
     tensor_bytes = B * H * T * D * q.element_size()
 
     big = torch.randn(64 * 1024 * 1024 // 4 * 4)  # 256 MiB of float32: beyond every cache
-    copy_s = median_seconds(big.clone, args.reps, args.warmup)
-    bandwidth = 2 * big.numel() * big.element_size() / copy_s
-    floor_fwd = 4 * tensor_bytes / bandwidth
-    floor_fwd_bwd = (4 + 7) * tensor_bytes / bandwidth
-    del big
-
     leaf = [x.detach().requires_grad_() for x in (q, k, v)]
 
     def fused_fwd():
@@ -88,22 +78,43 @@ def main() -> None:
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"capability {torch.backends.cpu.get_cpu_capability()}, B={B} H={H} T={T} D={D} "
           f"p={p} levels={levels} float32 {args.layout}")
-    print(f"copy bandwidth {bandwidth / 1e9:.2f} GB/s; floor fwd {floor_fwd * 1e3:.2f} ms, "
-          f"fwd+bwd {floor_fwd_bwd * 1e3:.2f} ms")
-    t_fwd = median_seconds(fused_fwd, args.reps, args.warmup)
-    t_fused = median_seconds(fwd_bwd(fused), args.reps, args.warmup)
-    print(f"cpu fwd      {t_fwd * 1e3:8.2f} ms  = {t_fwd / floor_fwd:.2f}x floor")
-    print(f"cpu fwd+bwd  {t_fused * 1e3:8.2f} ms  = {t_fused / floor_fwd_bwd:.2f}x floor")
-    t_ref = median_seconds(fwd_bwd(reference), max(3, args.reps // 3), 1)
-    print(f"reference eager fwd+bwd {t_ref * 1e3:8.2f} ms  -> cpu is {t_ref / t_fused:.2f}x faster")
+    runs = {"cpu fwd": fused_fwd, "cpu fwd+bwd": fwd_bwd(fused),
+            "reference eager fwd+bwd": fwd_bwd(reference)}
     if not args.no_compile:
         compiled = torch.compile(fractal_attention_reference)
+        runs["reference compiled fwd+bwd"] = fwd_bwd(
+            lambda qq, kk, vv: compiled(qq, kk, vv, None, p, levels, scale))
+    for fn in runs.values():  # warm-up (and compilation)
+        for _ in range(args.warmup):
+            fn()
+    # Rounds that interleave a copy and every candidate: on a shared machine the load drifts, so
+    # each round's ratios use that round's own copy bandwidth and timings.
+    rounds = {name: [] for name in ("copy",) + tuple(runs)}
+    for _ in range(args.reps):
+        rounds["copy"].append(seconds(big.clone))
+        for name, fn in runs.items():
+            rounds[name].append(seconds(fn))
+    bandwidths = [2 * big.numel() * big.element_size() / t for t in rounds["copy"]]
+    floor_fwd = [4 * tensor_bytes / bw for bw in bandwidths]
+    floor_fwd_bwd = [(4 + 7) * tensor_bytes / bw for bw in bandwidths]
 
-        def compiled_ref(qq, kk, vv):
-            return compiled(qq, kk, vv, None, p, levels, scale)
-        t_comp = median_seconds(fwd_bwd(compiled_ref), max(3, args.reps // 3), 2)
-        print(f"reference compiled fwd+bwd {t_comp * 1e3:8.2f} ms  -> cpu is "
-              f"{t_comp / t_fused:.2f}x faster")
+    def med(values):
+        return statistics.median(values)
+
+    def ratio(a, b):
+        return med([x / y for x, y in zip(a, b)])
+
+    print(f"copy bandwidth {med(bandwidths) / 1e9:.2f} GB/s (median of {args.reps} rounds); "
+          f"floor fwd {med(floor_fwd) * 1e3:.2f} ms, fwd+bwd {med(floor_fwd_bwd) * 1e3:.2f} ms")
+    print(f"cpu fwd      {med(rounds['cpu fwd']) * 1e3:8.2f} ms  "
+          f"time/floor {ratio(rounds['cpu fwd'], floor_fwd):.2f}")
+    fused_times = rounds["cpu fwd+bwd"]
+    print(f"cpu fwd+bwd  {med(fused_times) * 1e3:8.2f} ms  "
+          f"time/floor {ratio(fused_times, floor_fwd_bwd):.2f}")
+    for name in runs:
+        if name.startswith("reference"):
+            print(f"{name} {med(rounds[name]) * 1e3:8.2f} ms  -> cpu fwd+bwd is "
+                  f"{ratio(rounds[name], fused_times):.2f}x faster")
 
 
 if __name__ == "__main__":
