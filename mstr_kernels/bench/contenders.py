@@ -78,7 +78,10 @@ def compiled_reference_contender(shape: Shape, device: torch.device) -> Contende
     global _compiled_reference
     if _compiled_reference is None:
         import torch._dynamo
-        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        # Every swept shape and pass may add a graph; the default limit would fall back to eager.
+        config = torch._dynamo.config
+        limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+        setattr(config, limit, max(getattr(config, limit), 64))
         _compiled_reference = torch.compile(fractal_attention_reference)
     compiled, p, levels = _compiled_reference, shape.p, shape.levels
     scale = 1.0 / math.sqrt(shape.D)
@@ -189,7 +192,7 @@ def build_contenders(shape: Shape, device: torch.device, wanted: Optional[List[s
     """Every contender for this shape, available or with its reason; `wanted` filters by name."""
     out = []
     for name, why in available_backends().items():
-        if why is not None and device.type not in BACKENDS[name].devices:
+        if device.type not in BACKENDS[name].devices:
             continue  # a backend for another device is not a contender here
         out.append(backend_contender(name, shape, device) if why is None
                    else Contender(name, "backend", unavailable=why))

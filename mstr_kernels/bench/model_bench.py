@@ -56,7 +56,10 @@ def _step_ms(model, x, lengths, labels, device, autocast_dtype, steps, budget_s)
             t0 = time.perf_counter()
             step()
             times.append(1e3 * (time.perf_counter() - t0))
-    peak = torch.cuda.max_memory_allocated() / 2 ** 20 if device.type == "cuda" else None
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2 ** 20
+    else:  # above what was live before the step (model, Adam state and inputs excluded)
+        peak, _ = timing.cpu_peak_memory_mb(step)
     return statistics.median(times), peak
 
 

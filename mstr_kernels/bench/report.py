@@ -78,7 +78,8 @@ def results_stem(env: dict) -> str:
 
 
 def _fmt(x, spec):
-    return "-" if x is None else format(x, spec)
+    """`x` formatted by `spec` (e.g. "10.3f"), or a dash padded to the same width."""
+    return "-".rjust(int(spec.split(".")[0])) if x is None else format(x, spec)
 
 
 def table(rows: List[dict]) -> str:

@@ -23,6 +23,11 @@ MODEL = {"cuda": dict(B=32, T=326, F_dim=1024, layers=4, heads=16, sweep_T=[326,
 MODEL_QUICK = {"cuda": dict(B=8, T=326, F_dim=1024, layers=4, heads=16, sweep_T=[326, 2048],
                             sweep_B=4),
                "cpu": dict(B=2, T=163, F_dim=128, layers=1, heads=4, sweep_T=[], sweep_B=None)}
+PEAK_MEM_BASIS = {
+    "cuda": "torch.cuda.max_memory_allocated during one call, inputs included (MiB)",
+    "cpu": "torch profiler: allocations during one call net of frees, above what was live "
+           "before it (inputs excluded; temporaries freed inside one op unseen: a lower bound)",
+}
 
 
 def register(sub):
@@ -82,7 +87,8 @@ def run(args) -> int:
     print(f"device-to-device copy: {copy_gbs:.1f} GB/s (bytes read + written): the memory floor")
     rows = run_op_bench(sweep, device, copy_gbs, contenders=args.contenders, budget_s=budget)
     result = {"env": env, "copy_gbs": copy_gbs, "rows": rows, "model_rows": [],
-              "model_skipped": "not run yet" if args.model else "--no-model"}
+              "model_skipped": "not run yet" if args.model else "--no-model",
+              "peak_mem_basis": PEAK_MEM_BASIS[device_type]}
 
     def save():
         if args.json:
