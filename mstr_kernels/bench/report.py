@@ -124,7 +124,8 @@ def targets(result: dict) -> List[dict]:
     out = []
 
     def add(what, target, value, ok, why=None):
-        out.append({"target": what, "wanted": target, "value": value,
+        out.append({"target": what, "device": "cpu" if what.startswith("CPU") else "cuda",
+                    "wanted": target, "value": value,
                     "status": "not measured" if value is None else ("met" if ok else "not met"),
                     "why": why if value is None else None})
 
@@ -166,9 +167,12 @@ def targets(result: dict) -> List[dict]:
     return out
 
 
-def targets_text(items: List[dict]) -> str:
+def targets_text(items: List[dict], device: Optional[str] = None) -> str:
+    """One line per target; only the targets of `device` when it is given."""
     lines = []
     for t in items:
+        if device and t["device"] != device:
+            continue
         value = "-" if t["value"] is None else f"{t['value']:.3g}"
         lines.append(f"  [{t['status']:>12s}] {t['target']}: {value} (target {t['wanted']})"
                      + (f" - {t['why']}" if t["why"] else ""))

@@ -122,8 +122,8 @@ def run(args) -> int:
     if result["model_rows"]:
         print()
         print(report.model_table(result["model_rows"]))
-    print("\nSPEC section 4 targets:")
-    print(report.targets_text(result["targets"]))
+    print(f"\nSPEC section 4 targets measurable on {device_type}:")
+    print(report.targets_text(result["targets"], device_type))
     if args.json:
         print(f"\nwrote {save()}")
     if args.plots:
