@@ -144,8 +144,10 @@ def add_speedups(rows: List[dict]) -> None:
 
 def run_op_bench(sweep: Sweep, device: torch.device, copy_gbs: float, *,
                  contenders: Optional[Sequence[str]] = None, budget_s: float = 0.5,
-                 progress=print) -> List[dict]:
-    rows = []
+                 progress=print, rows: Optional[List[dict]] = None, on_row=None) -> List[dict]:
+    """Rows in sweep order, appended to `rows` (a new list if None); `on_row()` after each, so a
+    caller can save partial results of a run that is cut short."""
+    rows = [] if rows is None else rows
     verified: Dict[tuple, Contender] = {}
     for shape in sweep.shapes():
         for contender in build_contenders(shape, device, list(contenders) if contenders else None):
@@ -163,8 +165,10 @@ def run_op_bench(sweep: Sweep, device: torch.device, copy_gbs: float, *,
             for pass_ in PASSES:
                 row = measure(contender, shape, pass_, device, copy_gbs, budget_s)
                 rows.append(row)
+                add_speedups(rows)
                 progress(_progress_line(row))
-    add_speedups(rows)
+                if on_row:
+                    on_row()
     return rows
 
 

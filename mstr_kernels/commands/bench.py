@@ -6,7 +6,8 @@ import argparse
 
 # Default sweeps: the SPEC section 4 configuration of each device, and a small one for --quick.
 DEFAULTS = {
-    "cuda": dict(T=[1024, 2048, 4096, 8192, 16384], B=[32], H=[16], D=[64], dtype=["bfloat16"],
+    # SPEC's T=4096 first: a run cut short by a time limit still has the target rows.
+    "cuda": dict(T=[4096, 1024, 2048, 8192, 16384], B=[32], H=[16], D=[64], dtype=["bfloat16"],
                  p=[3], levels=[4]),
     "cpu": dict(T=[256, 512, 1024, 2048], B=[8], H=[16], D=[64], dtype=["float32"], p=[3],
                 levels=[4]),
@@ -85,8 +86,7 @@ def run(args) -> int:
           f"triton {env['triton']}, CUDA {env['cuda']}, {env['threads']} threads")
     copy_gbs = copy_bandwidth_gbs(device, budget_s=max(budget, 0.3))
     print(f"device-to-device copy: {copy_gbs:.1f} GB/s (bytes read + written): the memory floor")
-    rows = run_op_bench(sweep, device, copy_gbs, contenders=args.contenders, budget_s=budget)
-    result = {"env": env, "copy_gbs": copy_gbs, "rows": rows, "model_rows": [],
+    result = {"env": env, "copy_gbs": copy_gbs, "rows": [], "model_rows": [],
               "model_skipped": "not run yet" if args.model else "--no-model",
               "peak_mem_basis": PEAK_MEM_BASIS[device_type]}
 
@@ -98,8 +98,20 @@ def run(args) -> int:
             path.write_text(json.dumps(result, indent=1) + "\n")
             return path
 
-    save()  # the op results survive a model benchmark that is cut short
-    if args.model:
+    # Saved after every row; an interrupt (a time limit's SIGINT) ends the measuring but still
+    # writes the table, the JSON and the plots of what was measured.
+    try:
+        run_op_bench(sweep, device, copy_gbs, contenders=args.contenders, budget_s=budget,
+                     rows=result["rows"], on_row=save)
+    except KeyboardInterrupt:
+        result["interrupted"] = "during the op benchmark"
+        if args.model:
+            result["model_skipped"] = "the run was interrupted before the model benchmark"
+    rows = sorted(result["rows"], key=lambda r: (r["dtype"], r["p"], r["levels"], r["B"],
+                                                 r["H"], r["D"], r["T"]))
+    result["rows"] = rows
+    save()
+    if args.model and not result.get("interrupted"):
         print("model training step (forward, backward, Adam):")
         m = (MODEL_QUICK if args.quick else MODEL)[device_type]
         backends = [n for n, why in available_backends().items()
@@ -115,6 +127,8 @@ def run(args) -> int:
         except ImportError as e:
             result["model_skipped"] = str(e)
             print(f"  skipped: {e}")
+        except KeyboardInterrupt:
+            result["interrupted"] = "during the model benchmark"
     result["targets"] = report.targets(result)
 
     print()
@@ -122,6 +136,8 @@ def run(args) -> int:
     if result["model_rows"]:
         print()
         print(report.model_table(result["model_rows"]))
+    if result.get("interrupted"):
+        print(f"\nINTERRUPTED {result['interrupted']}: the results are partial")
     print(f"\nSPEC section 4 targets measurable on {device_type}:")
     print(report.targets_text(result["targets"], device_type))
     if args.json:
@@ -132,4 +148,4 @@ def run(args) -> int:
                 print(f"wrote {path}")
         except ImportError as e:
             print(f"no plots: matplotlib is missing ({e})")
-    return 0
+    return 130 if result.get("interrupted") else 0
