@@ -3,6 +3,7 @@ for the vanilla Transformer (full attention by SDPA), time and peak memory; and 
 that shows MSTR's linear growth against the vanilla model's quadratic one."""
 from __future__ import annotations
 
+import gc
 import logging
 import statistics
 import time
@@ -101,10 +102,10 @@ def run_model_bench(device: torch.device, backends: Sequence[str], *, B: int, T:
             except Exception as e:
                 row["note"] = ("out of memory" if timing.is_oom(e)
                                else f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-            finally:
-                model = x = None
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
+            model = x = None
+            if device.type == "cuda":
+                gc.collect()
+                torch.cuda.empty_cache()
             rows.append(row)
             _add_speedups(rows)
             if on_row:

@@ -7,6 +7,7 @@ torch.compile'd) on the same shape and pass.
 """
 from __future__ import annotations
 
+import gc
 import itertools
 import logging
 from dataclasses import dataclass
@@ -97,7 +98,7 @@ def measure(contender: Contender, shape: Shape, pass_: str, device: torch.device
     grad = pass_ != "fwd"
     nbytes = floor_bytes(shape, pass_)
     n_sets = timing.input_sets_needed(device, 4 * shape.numel * shape.dtype.itemsize)
-    inputs, sets = [], []
+    inputs, sets, note = [], [], None
     try:
         gen = torch.Generator(device=device).manual_seed(1)
         for _ in range(n_sets):
@@ -110,16 +111,16 @@ def measure(contender: Contender, shape: Shape, pass_: str, device: torch.device
         peak, peak_why = timing.peak_memory_mb(sets[0], device)
         held = _held_for_backward_mb(contender.fn, *inputs[0][:3], device) if grad else None
     except Exception as e:
-        if timing.is_oom(e):
-            note = "out of memory"
-        else:
-            note = f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        note = ("out of memory" if timing.is_oom(e) else
+                f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
         log.warning("%s %s %s: %s", contender.name, pass_, shape, note)
+    # Out of the handler, so that the traceback's frames no longer hold the inputs.
+    del inputs, sets
+    if device.type == "cuda":
+        gc.collect()
+        torch.cuda.empty_cache()
+    if note:
         return _row(contender.name, pass_, shape, note=note)
-    finally:
-        del inputs, sets
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
     floor_ms = nbytes / (copy_gbs * 1e9) * 1e3
     return _row(contender.name, pass_, shape, median_ms=ms, gbs=nbytes / (ms * 1e-3) / 1e9,
                 floor_ratio=ms / floor_ms, peak_mem_mb=peak, held_for_backward_mb=held,

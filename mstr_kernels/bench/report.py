@@ -193,6 +193,9 @@ def plots(result: dict, out_dir: Path) -> List[Path]:
     for r in rows:
         groups.setdefault((r["B"], r["H"], r["D"], r["dtype"], r["p"], r["levels"]), []).append(r)
     device = result["env"]["device_name"]
+    # One color per contender across every panel and file.
+    names = sorted({r["contender"] for r in result["rows"]})
+    color = {n: plt.get_cmap("tab10")(i % 10) for i, n in enumerate(names)}
     for (B, H, D, dtype, p, levels), group in groups.items():
         tag = f"B{B}-H{H}-D{D}-{dtype}-p{p}-L{levels}"
         for metric, ylabel, fname in (("median_ms", "median time (ms)", "time"),
@@ -203,7 +206,7 @@ def plots(result: dict, out_dir: Path) -> List[Path]:
                     pts = sorted((r["T"], r[metric]) for r in group
                                  if r["contender"] == name and r["pass"] == pass_ and r[metric])
                     if pts:
-                        ax.plot(*zip(*pts), marker="o", label=name)
+                        ax.plot(*zip(*pts), marker="o", label=name, color=color[name])
                 if metric == "median_ms":
                     floor = sorted((r["T"], r["median_ms"] / r["floor_ratio"]) for r in group
                                    if r["pass"] == pass_ and r["contender"] == group[0]["contender"])
