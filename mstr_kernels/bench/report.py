@@ -18,6 +18,9 @@ FUSED_GPU = ("cuda", "triton")
 
 
 def _git_commit() -> Optional[str]:
+    """The checkout's commit; MSTR_BENCH_COMMIT names it where the tree has no .git (a copy)."""
+    if os.environ.get("MSTR_BENCH_COMMIT"):
+        return os.environ["MSTR_BENCH_COMMIT"]
     try:
         here = Path(__file__).resolve().parent
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, text=True,
