@@ -108,8 +108,12 @@ def measure(contender: Contender, shape: Shape, pass_: str, device: torch.device
         sets[0]()  # compiles where the contender compiles, before anything is timed
         timing.synchronize(device)
         ms = timing.median_ms(sets, device, budget_s=budget_s)
-        peak, peak_why = timing.peak_memory_mb(sets[0], device)
-        held = _held_for_backward_mb(contender.fn, *inputs[0][:3], device) if grad else None
+        peak = held = None
+        try:  # a failure here (an OOM at the edge) keeps the time measured above
+            peak, peak_why = timing.peak_memory_mb(sets[0], device)
+            held = _held_for_backward_mb(contender.fn, *inputs[0][:3], device) if grad else None
+        except Exception as e:
+            peak_why = "out of memory" if timing.is_oom(e) else f"{type(e).__name__}: {e}"
     except Exception as e:
         note = ("out of memory" if timing.is_oom(e) else
                 f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
