@@ -1,5 +1,5 @@
 """pytest-benchmark suite, apart from the test suite: `pytest benchmarks` (small enough for a
-CPU; on a GPU machine the same sizes run on CUDA with `--bench-device cuda`)."""
+CPU; `--bench-device cuda` runs them on a GPU, the model step at the paper's size)."""
 import pytest
 import torch
 
@@ -15,15 +15,3 @@ def device(request):
     if name == "cuda" and not torch.cuda.is_available():
         pytest.skip("--bench-device cuda: no CUDA GPU is visible to torch")
     return torch.device(name)
-
-
-def synchronized(fn, device):
-    """`fn` followed by a device synchronize, so pytest-benchmark's wall clock times the work."""
-    if device.type != "cuda":
-        return fn
-
-    def run():
-        result = fn()
-        torch.cuda.synchronize()
-        return result
-    return run

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from mstr_kernels.ops import BACKENDS, available_backends
 
-from conftest import synchronized
+from bench_helpers import synchronized
 
 
 def models():

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 import mstr_kernels
 from mstr_kernels.ops import BACKENDS, available_backends
 
-from conftest import synchronized
+from bench_helpers import synchronized
 
 SHAPE = dict(B=2, H=4, T=512, D=32)
 P, LEVELS = 3, 4

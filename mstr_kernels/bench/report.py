@@ -67,7 +67,7 @@ def environment(device: torch.device) -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
-        "hostname_kind": platform.machine(),
+        "machine": platform.machine(),
     }
 
 
