@@ -68,16 +68,16 @@ def run_model_bench(device: torch.device, backends: Sequence[str], *, B: int, T:
                     F_dim: int, sweep_T: Sequence[int] = (), sweep_B: Optional[int] = None,
                     num_layers: int = 4, num_heads: int = 16, steps: int = 5,
                     budget_s: float = 2.0, progress=print, rows: Optional[List[dict]] = None,
-                    on_row=None) -> List[dict]:
+                    on_row=None, include_main: bool = True) -> List[dict]:
     """Rows: model ("MSTR[<backend>]" or "vanilla"), B, T, F, dtype, step_ms, peak_mem_mb,
     speedup_vs_reference (MSTR on the reference op over this row), sweep (bool), note.
     Rows are appended to `rows` (a new list if None) and `on_row()` is called after each, so a
-    caller can save partial results."""
+    caller can save partial results. `include_main=False` runs the T sweep only."""
     MSTR, Vanilla, MSTRConfig = import_models()
     autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
     dtype_label = "bf16-autocast" if autocast_dtype else "float32"
     contenders = [(f"MSTR[{b}]", MSTR, b) for b in backends] + [("vanilla", Vanilla, "auto")]
-    configs = [(B, T, False)] + [(sweep_B or B, t, True) for t in sweep_T]
+    configs = [(B, T, False)] * include_main + [(sweep_B or B, t, True) for t in sweep_T]
     rows = [] if rows is None else rows
     for b, t, is_sweep in configs:
         for name, cls, backend in contenders:

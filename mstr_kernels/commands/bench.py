@@ -98,37 +98,57 @@ def run(args) -> int:
             path.write_text(json.dumps(result, indent=1) + "\n")
             return path
 
-    # Saved after every row; an interrupt (a time limit's SIGINT) ends the measuring but still
-    # writes the table, the JSON and the plots of what was measured.
+    # Order: the op at the first T (SPEC's configuration by default), the model's training step,
+    # then the rest of the op sweep and the model's T sweep, so that a run cut short by a time
+    # limit has the target rows first. The JSON is saved after every row; an interrupt (a time
+    # limit's SIGINT) ends the measuring but still writes the table, the JSON and the plots.
+    model_cfg = (MODEL_QUICK if args.quick else MODEL)[device_type]
+    model_backends = [n for n, why in available_backends().items()
+                      if why is None and device_type in BACKENDS[n].devices
+                      and (not args.contenders or n in args.contenders)]
+
+    def op_stage(Ts):
+        if Ts:
+            run_op_bench(Sweep(**{**sweep.__dict__, "T": Ts}), device, copy_gbs,
+                         contenders=args.contenders, budget_s=budget, rows=result["rows"],
+                         on_row=save)
+
+    def model_stage(main: bool):
+        if not args.model or result["model_skipped"] not in ("not run yet", None):
+            return  # not asked for, or its import already failed
+        if not main and not model_cfg["sweep_T"]:
+            return
+        if main:
+            print("model training step (forward, backward, Adam):")
+        try:
+            from mstr_kernels.bench.model_bench import run_model_bench
+            run_model_bench(device, model_backends, B=model_cfg["B"], T=model_cfg["T"],
+                            F_dim=model_cfg["F_dim"],
+                            sweep_T=[] if main else model_cfg["sweep_T"],
+                            sweep_B=model_cfg["sweep_B"], num_layers=model_cfg["layers"],
+                            num_heads=model_cfg["heads"], budget_s=4 * budget,
+                            rows=result["model_rows"], on_row=save, include_main=main)
+            result["model_skipped"] = None
+        except ImportError as e:
+            result["model_skipped"] = str(e)
+            print(f"  skipped: {e}")
+
+    what = "the op benchmark"
     try:
-        run_op_bench(sweep, device, copy_gbs, contenders=args.contenders, budget_s=budget,
-                     rows=result["rows"], on_row=save)
+        op_stage(sweep.T[:1])
+        what = "the model benchmark"
+        model_stage(main=True)
+        what = "the op benchmark"
+        op_stage(sweep.T[1:])
+        what = "the model benchmark"
+        model_stage(main=False)
     except KeyboardInterrupt:
-        result["interrupted"] = "during the op benchmark"
-        if args.model:
+        result["interrupted"] = f"during {what}"
+        if result["model_skipped"] == "not run yet":
             result["model_skipped"] = "the run was interrupted before the model benchmark"
     rows = sorted(result["rows"], key=lambda r: (r["dtype"], r["p"], r["levels"], r["B"],
                                                  r["H"], r["D"], r["T"]))
     result["rows"] = rows
-    save()
-    if args.model and not result.get("interrupted"):
-        print("model training step (forward, backward, Adam):")
-        m = (MODEL_QUICK if args.quick else MODEL)[device_type]
-        backends = [n for n, why in available_backends().items()
-                    if why is None and device_type in BACKENDS[n].devices
-                    and (not args.contenders or n in args.contenders)]
-        try:
-            from mstr_kernels.bench.model_bench import run_model_bench
-            result["model_skipped"] = None
-            run_model_bench(
-                device, backends, B=m["B"], T=m["T"], F_dim=m["F_dim"], sweep_T=m["sweep_T"],
-                sweep_B=m["sweep_B"], num_layers=m["layers"], num_heads=m["heads"],
-                budget_s=4 * budget, rows=result["model_rows"], on_row=save)
-        except ImportError as e:
-            result["model_skipped"] = str(e)
-            print(f"  skipped: {e}")
-        except KeyboardInterrupt:
-            result["interrupted"] = "during the model benchmark"
     result["targets"] = report.targets(result)
 
     print()
