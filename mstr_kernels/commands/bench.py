@@ -34,7 +34,8 @@ PEAK_MEM_BASIS = {
 def register(sub):
     p = sub.add_parser("bench", help="benchmark the op against its memory floor and its peers, "
                        "and the model's training step",
-                       description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       description=__doc__ + " Sweep options default to SPEC section 4's "
+                       "configuration of the device (a smaller one with --quick).")
     p.add_argument("--device", default=None, choices=["cpu", "cuda"],
                    help="device to benchmark (default: cuda if visible, else cpu)")
     p.add_argument("--quick", action="store_true",
@@ -55,7 +56,7 @@ def register(sub):
     p.add_argument("--budget", type=float, default=None,
                    help="seconds of timed repeats per measurement (default 0.5; 0.15 with --quick)")
     p.add_argument("--model", action=argparse.BooleanOptionalAction, default=True,
-                   help="also run the model training-step benchmark")
+                   help="also run the model training-step benchmark (default: yes)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(func=run)
 
@@ -77,6 +78,10 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(device_type)
+    from mstr_kernels.bench.contenders import ALL_CONTENDER_NAMES
+    unknown = sorted(set(args.contenders or ()) - set(ALL_CONTENDER_NAMES))
+    if unknown:
+        raise SystemExit(f"--contenders: unknown {unknown}; allowed are {list(ALL_CONTENDER_NAMES)}")
     defaults = (QUICK if args.quick else DEFAULTS)[device_type]
     sweep = Sweep(**{k: getattr(args, k) or v for k, v in defaults.items()})
     budget = args.budget if args.budget is not None else (0.15 if args.quick else 0.5)
