@@ -158,3 +158,37 @@ def test_model_bench_rows_or_clear_import_error():
         assert r["step_ms"] > 0, r["note"]
     assert rows[0]["speedup_vs_reference"] == 1.0
     assert math.isclose(rows[1]["speedup_vs_reference"], rows[0]["step_ms"] / rows[1]["step_ms"])
+
+
+def test_readme_perf_section_is_rendered_from_results(quick_run, tmp_path):
+    import importlib.util
+    from pathlib import Path
+    script = Path(__file__).resolve().parent.parent / "scripts" / "render_readme_perf.py"
+    spec = importlib.util.spec_from_file_location("render_readme_perf", script)
+    render = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(render)
+    result, out = quick_run
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "cpu-box-2026-01-01.json").write_text(json.dumps(result))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{render.START}\nold\n{render.END}\n\ntail\n")
+    args = ["--readme", str(readme), "--results", str(results)]
+    assert render.main(args + ["--check"]) == 1  # out of date
+    assert render.main(args) == 0
+    text = readme.read_text()
+    assert render.main(args + ["--check"]) == 0
+    assert text.startswith("# x\n") and text.endswith("\ntail\n") and "old" not in text
+    assert result["env"]["device_name"] in text and "No GPU results are committed yet" in text
+    ref = next(r for r in result["rows"] if r["contender"] == "reference" and r["T"] == 31
+               and r["pass"] == "fwd")
+    assert f"| reference | fwd | {ref['median_ms']:.3f} |" in text
+    # a GPU file, once there, replaces the CPU figures
+    gpu = dict(result, env=dict(result["env"], device="cuda", device_name="Some GPU"))
+    (results / "some-gpu-2026-01-02.json").write_text(json.dumps(gpu))
+    assert render.main(args) == 0
+    text = readme.read_text()
+    assert "Some GPU" in text and result["env"]["device_name"] not in text
+    readme.write_text("no markers")
+    with pytest.raises(SystemExit, match="needs the markers"):
+        render.main(args)
