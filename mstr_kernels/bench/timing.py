@@ -35,7 +35,7 @@ def input_sets_needed(device: torch.device, bytes_per_set: int) -> int:
 
 def median_ms(fns: Sequence[Callable[[], object]], device: torch.device, *,
               budget_s: float = 0.5, min_reps: int = 5, max_reps: int = 200,
-              warmup: int = 2) -> float:
+              warmup: int = 3) -> float:
     """Median milliseconds of one call; `fns` are the same call on rotating input sets."""
     if device.type == "cuda":
         return _median_ms_cuda(fns, budget_s)
