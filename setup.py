@@ -76,7 +76,7 @@ def extensions_and_info():
     if with_cuda:
         cpp.CUDA_HOME = cuda_home
     sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").glob("**/*.cpp"))
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+    cxx_flags = ["-O3", "-std=c++20", "-fopenmp"]
     define_macros = []
     include_dirs = [str(ROOT / "csrc")]
     if with_cuda:
@@ -84,7 +84,7 @@ def extensions_and_info():
         define_macros.append(("MSTR_WITH_CUDA", None))
         include_dirs += nvidia_wheel_includes()
         ext_cls = cpp.CUDAExtension
-        extra = {"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17", "--use_fast_math",
+        extra = {"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++20", "--use_fast_math",
                                             "-lineinfo", "-DMSTR_WITH_CUDA"]}
     else:
         ext_cls = cpp.CppExtension

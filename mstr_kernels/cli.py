@@ -11,6 +11,9 @@ import sys
 COMMAND_MODULES = (
     "mstr_kernels.commands.info",
     "mstr_kernels.commands.bench",
+    "mstr_kernels.commands.demo",
+    "mstr_kernels.commands.extract",
+    "mstr_kernels.commands.predict",
 )
 
 

@@ -4,6 +4,11 @@ import sys
 import pytest
 import torch
 
+# Without a GPU, Triton kernels run on CPU tensors under its interpreter; the variable must be set
+# before triton or mstr_kernels is imported.
+if not torch.cuda.is_available() and "triton" not in sys.modules:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 sys.path.insert(0, os.path.dirname(__file__))  # float64_loop and helpers
 
 CUDA = torch.cuda.is_available()

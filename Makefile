@@ -1,0 +1,32 @@
+# Set-up and checks from a fresh clone: `make test`, `make demo`. Both are idempotent.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.14.1
+# Rebuild the install when the build inputs change.
+BUILD_INPUTS := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
+
+.PHONY: test demo bench install clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: $(BUILD_INPUTS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)" setuptools wheel ninja pybind11
+	$(PY) -m pip install -q --disable-pip-version-check --no-build-isolation -e '.[dev]'
+	$(PY) -m mstr_kernels.cli info
+	touch $@
+
+# Without a GPU, tests/conftest.py runs the Triton kernels under TRITON_INTERPRET=1.
+test: install
+	$(PY) -m pytest tests -q -p no:cacheprovider
+
+demo: install
+	$(PY) -m mstr_kernels.cli info
+	$(PY) -m mstr_kernels.cli demo
+
+bench: install
+	$(PY) -m mstr_kernels.cli bench --json benchmarks/results/latest.json --plots benchmarks/results/latest
+
+clean:
+	rm -rf build $(VENV) *.egg-info mstr_kernels/_C*.so mstr_kernels/_build_info.json
