@@ -69,14 +69,15 @@ def render_one(path: Path, result: dict) -> str:
              f"{result['copy_gbs']:.1f} GB/s (read + write), which sets the memory floor.", "",
              "Op, " + ", ".join(f"{k}={v}" for k, v in cfg.items()) + ":", "",
              "| contender | pass | median ms | GB/s | time / floor | x reference | "
-             "x compiled reference | peak MiB | note |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+             "x compiled reference | x SDPA | x Flex | peak MiB | note |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in result["rows"]:
         if all(r[k] == v for k, v in cfg.items()):
             lines.append(f"| {r['contender']} | {r['pass']} | {_f(r['median_ms'], '.3f')} | "
                          f"{_f(r['gbs'], '.1f')} | {_f(r['floor_ratio'], '.2f')} | "
                          f"{_f(r['speedup_vs_reference'], '.2f')} | "
                          f"{_f(r['speedup_vs_compiled_reference'], '.2f')} | "
+                         f"{_f(r.get('speedup_vs_sdpa'), '.2f')} | {_f(r.get('speedup_vs_flex'), '.2f')} | "
                          f"{_f(r['peak_mem_mb'], '.0f')} | {(r.get('note') or '').replace('|', '/')[:80]} |")
     if result.get("peak_mem_basis"):
         lines += ["", f"Peak memory: {result['peak_mem_basis']}."]

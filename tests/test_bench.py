@@ -59,6 +59,10 @@ def test_json_schema(quick_run):
     ref = [r for r in rows if r["contender"] == "reference"]
     assert all(r["median_ms"] > 0 and r["speedup_vs_reference"] == 1.0 for r in ref)
     assert all(r["speedup_vs_compiled_reference"] is None for r in rows)  # not in this run
+    for r in ref:
+        sdpa = next(x for x in rows if x["contender"] == SDPA
+                    and (x["T"], x["pass"]) == (r["T"], r["pass"]))
+        assert math.isclose(r["speedup_vs_sdpa"], sdpa["median_ms"] / r["median_ms"])
     assert {t["status"] for t in result["targets"]} <= {"met", "not met", "not measured"}
 
 

@@ -16,7 +16,8 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from . import timing
-from .contenders import COMPILED_REFERENCE, FLEX, REFERENCE, Contender, Shape, build_contenders, verify
+from .contenders import (COMPILED_REFERENCE, FLEX, REFERENCE, SDPA, Contender, Shape,
+                         build_contenders, verify)
 
 log = logging.getLogger("mstr_kernels.bench")
 
@@ -83,7 +84,8 @@ def _row(contender: str, pass_: str, shape: Shape, **fields) -> dict:
            "D": shape.D, "dtype": dtype_name(shape.dtype), "p": shape.p, "levels": shape.levels,
            "median_ms": None, "gbs": None, "floor_ratio": None, "peak_mem_mb": None,
            "held_for_backward_mb": None, "speedup_vs_reference": None,
-           "speedup_vs_compiled_reference": None, "note": None}
+           "speedup_vs_compiled_reference": None, "speedup_vs_sdpa": None,
+           "speedup_vs_flex": None, "note": None}
     row.update(fields)
     return row
 
@@ -131,18 +133,23 @@ def measure(contender: Contender, shape: Shape, pass_: str, device: torch.device
                 note=None if peak is not None else f"peak memory not measured: {peak_why}")
 
 
+SPEEDUP_FIELDS = ((REFERENCE, "speedup_vs_reference"),
+                  (COMPILED_REFERENCE, "speedup_vs_compiled_reference"),
+                  (SDPA, "speedup_vs_sdpa"), (FLEX, "speedup_vs_flex"))
+
+
 def add_speedups(rows: List[dict]) -> None:
-    """speedup_vs_* = the reference's median time over this row's, same shape and pass."""
+    """speedup_vs_X = contender X's median time over this row's, same shape and pass."""
     key = lambda r: (r["pass"], r["B"], r["H"], r["T"], r["D"], r["dtype"], r["p"], r["levels"])  # noqa: E731
     base: Dict[tuple, Dict[str, float]] = {}
+    names = {name for name, _ in SPEEDUP_FIELDS}
     for r in rows:
-        if r["contender"] in (REFERENCE, COMPILED_REFERENCE) and r["median_ms"]:
+        if r["contender"] in names and r["median_ms"]:
             base.setdefault(key(r), {})[r["contender"]] = r["median_ms"]
     for r in rows:
         b = base.get(key(r), {})
         if r["median_ms"]:
-            for name, field in ((REFERENCE, "speedup_vs_reference"),
-                                (COMPILED_REFERENCE, "speedup_vs_compiled_reference")):
+            for name, field in SPEEDUP_FIELDS:
                 if name in b:
                     r[field] = b[name] / r["median_ms"]
 

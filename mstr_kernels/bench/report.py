@@ -88,7 +88,7 @@ def _fmt(x, spec):
 def table(rows: List[dict]) -> str:
     head = (f"{'contender':>18s} {'pass':7s} {'B':>3s} {'H':>3s} {'T':>6s} {'D':>4s} {'dtype':8s} "
             f"{'p':>2s} {'L':>2s} {'ms':>10s} {'GB/s':>8s} {'/floor':>8s} {'peakMB':>9s} "
-            f"{'x ref':>7s} {'x comp':>7s}  note")
+            f"{'x ref':>7s} {'x comp':>7s} {'x sdpa':>7s} {'x flex':>7s}  note")
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
@@ -97,7 +97,9 @@ def table(rows: List[dict]) -> str:
             f"{_fmt(r['median_ms'], '10.3f')} {_fmt(r['gbs'], '8.1f')} "
             f"{_fmt(r['floor_ratio'], '8.2f')} {_fmt(r['peak_mem_mb'], '9.1f')} "
             f"{_fmt(r['speedup_vs_reference'], '7.2f')} "
-            f"{_fmt(r['speedup_vs_compiled_reference'], '7.2f')}  {(r.get('note') or '')[:90]}")
+            f"{_fmt(r['speedup_vs_compiled_reference'], '7.2f')} "
+            f"{_fmt(r.get('speedup_vs_sdpa'), '7.2f')} {_fmt(r.get('speedup_vs_flex'), '7.2f')}  "
+            f"{(r.get('note') or '')[:90]}")
     return "\n".join(lines)
 
 
