@@ -55,7 +55,7 @@ def _main_config(result):
 
 def _rel(path: Path) -> str:
     path = path.resolve()
-    return _rel(path) if path.is_relative_to(ROOT) else str(path)
+    return path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
 
 
 def render_one(path: Path, result: dict) -> str:

@@ -193,6 +193,13 @@ def test_readme_perf_section_is_rendered_from_results(quick_run, tmp_path):
     assert render.main(args) == 0
     text = readme.read_text()
     assert "Some GPU" in text and result["env"]["device_name"] not in text
+    # the committed results files render, with repository-relative paths
+    committed_dir = render.ROOT / "benchmarks" / "results"
+    committed = render.render(committed_dir)
+    if list(committed_dir.glob("*.json")):
+        assert "`benchmarks/results/" in committed
+    else:
+        assert "No results files are committed yet" in committed
     readme.write_text("no markers")
     with pytest.raises(SystemExit, match="needs the markers"):
         render.main(args)
