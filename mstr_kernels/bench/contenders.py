@@ -100,10 +100,11 @@ def _pool(x: torch.Tensor, S: int) -> torch.Tensor:
         return x
     B, H, T, D = x.shape
     n = -(-T // S)
-    summed = F.pad(x, (0, 0, 0, n * S - T)).view(B, H, n, S, D).sum(3)
-    counts = torch.full((n,), float(S), device=x.device, dtype=x.dtype)
+    # Sums in float32 (as the reference does for half inputs), handed to FlexAttention in x.dtype.
+    summed = F.pad(x, (0, 0, 0, n * S - T)).view(B, H, n, S, D).sum(3, dtype=torch.float32)
+    counts = torch.full((n,), float(S), device=x.device)
     counts[-1] = T - (n - 1) * S
-    return summed / counts[:, None]
+    return (summed / counts[:, None]).to(x.dtype)
 
 
 _compiled_flex = None
