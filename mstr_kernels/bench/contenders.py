@@ -101,8 +101,9 @@ def _pool(x: torch.Tensor, S: int) -> torch.Tensor:
     B, H, T, D = x.shape
     n = -(-T // S)
     # Sums in float32 (as the reference does for half inputs), handed to FlexAttention in x.dtype.
-    summed = F.pad(x, (0, 0, 0, n * S - T)).view(B, H, n, S, D).sum(3, dtype=torch.float32)
-    counts = torch.full((n,), float(S), device=x.device)
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    summed = F.pad(x, (0, 0, 0, n * S - T)).view(B, H, n, S, D).sum(3, dtype=acc)
+    counts = torch.full((n,), float(S), device=x.device, dtype=acc)
     counts[-1] = T - (n - 1) * S
     return (summed / counts[:, None]).to(x.dtype)
 
