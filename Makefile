@@ -26,7 +26,7 @@ demo: install
 	$(PY) -m mstr_kernels.cli demo
 
 bench: install
-	$(PY) -m mstr_kernels.cli bench --json benchmarks/results/latest.json --plots benchmarks/results/latest
+	$(PY) -m mstr_kernels.cli bench --json runs/bench/latest.json --plots runs/bench/latest
 
 clean:
 	rm -rf build $(VENV) *.egg-info mstr_kernels/_C*.so mstr_kernels/_build_info.json
