@@ -101,17 +101,20 @@ Geometry make_geometry(const at::Tensor& q, const at::Tensor& lengths, const Fra
   g.scale = float(prm.scale);
   g.lengths = lengths.defined() ? lengths.data_ptr<int>() : nullptr;
 
-  const int align = g.D % vec_width == 0 ? vec_width : 1;
   const int64_t device_limit = max_optin_smem(q.get_device());
   auto layout_for = [&](int dc) {
     return tile::smem_layout(g.R, g.E, dc % 2 == 0 ? dc + 1 : dc, n_pyramids, with_dscores);
   };
+  // Prefer the preferred budget, then the device limit; chunks that keep 16-byte accesses
+  // (a multiple of the vector width) first, then any width.
   int chosen = 0;
   for (const int64_t budget : {std::min(kPreferredSmemBytes, device_limit), device_limit}) {
-    for (int parts = 1; parts <= g.D && !chosen; ++parts) {
-      int dc = (g.D + parts - 1) / parts;
-      dc = (dc + align - 1) / align * align;
-      if (layout_for(dc).bytes <= budget) chosen = dc;
+    for (const int align : {g.D % vec_width == 0 ? vec_width : 1, 1}) {
+      for (int parts = 1; parts <= g.D && !chosen; ++parts) {
+        int dc = (g.D + parts - 1) / parts;
+        dc = (dc + align - 1) / align * align;
+        if (layout_for(dc).bytes <= budget) chosen = dc;
+      }
     }
     if (chosen) break;
   }
