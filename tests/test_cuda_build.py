@@ -45,3 +45,19 @@ def test_library_holds_sm90_code():
                              text=True, check=True).stdout
     assert "sm_90" in listing, listing
     assert "sm_80" in listing or "8.0" not in info.get("cuda_arch_list", ""), listing
+
+
+@pytest.mark.parametrize("capability,runs", [((8, 0), True), ((8, 6), True), ((9, 0), True),
+                                             ((10, 0), True), ((7, 5), False)])
+def test_arch_mismatch_is_explained(capability, runs):
+    from mstr_kernels.ops.extension import cuda_arch_mismatch
+    why = cuda_arch_mismatch({"cuda_arch_list": "8.0;9.0+PTX"}, capability)
+    if runs:
+        assert why is None
+    else:
+        assert "sm_75" in why and "TORCH_CUDA_ARCH_LIST" in why
+
+
+def test_arch_list_without_ptx_refuses_newer_majors():
+    from mstr_kernels.ops.extension import cuda_arch_mismatch
+    assert "sm_100" in cuda_arch_mismatch({"cuda_arch_list": "8.0;9.0"}, (10, 0))

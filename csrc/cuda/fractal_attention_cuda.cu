@@ -81,48 +81,15 @@ int max_optin_smem(int device) {
   return bytes;
 }
 
-// Geometry of the launch: the widest chunk of the head dim whose shared memory fits the
-// preferred budget (else the device limit); chunks are a multiple of the vector width when D is.
 Geometry make_geometry(const at::Tensor& q, const at::Tensor& lengths, const FractalParams& prm,
                        int n_pyramids, bool with_dscores, int vec_width, SmemLayout& layout) {
-  Geometry g;
-  g.B = q.size(0);
-  g.H = q.size(1);
-  g.T = q.size(2);
-  g.D = int(q.size(3));
-  g.p = int(prm.p);
-  g.levels = int(prm.levels);
-  g.P = 1;
-  for (int l = 0; l < g.levels; ++l) g.P *= g.p;
-  g.n_tiles = (g.T + g.P - 1) / g.P;
-  g.R = 0;  // P + P/p + ... + p: one term per level
-  for (int l = 0, rows = g.P; l < g.levels; ++l, rows /= g.p) g.R += rows;
-  g.E = g.R * g.p;
-  g.scale = float(prm.scale);
-  g.lengths = lengths.defined() ? lengths.data_ptr<int>() : nullptr;
-
   const int64_t device_limit = max_optin_smem(q.get_device());
-  auto layout_for = [&](int dc) {
-    return tile::smem_layout(g.R, g.E, dc % 2 == 0 ? dc + 1 : dc, n_pyramids, with_dscores);
-  };
-  // Prefer the preferred budget, then the device limit; chunks that keep 16-byte accesses
-  // (a multiple of the vector width) first, then any width.
-  int chosen = 0;
-  for (const int64_t budget : {std::min(kPreferredSmemBytes, device_limit), device_limit}) {
-    for (const int align : {g.D % vec_width == 0 ? vec_width : 1, 1}) {
-      for (int parts = 1; parts <= g.D && !chosen; ++parts) {
-        int dc = (g.D + parts - 1) / parts;
-        dc = (dc + align - 1) / align * align;
-        if (layout_for(dc).bytes <= budget) chosen = dc;
-      }
-    }
-    if (chosen) break;
-  }
-  TORCH_CHECK(chosen > 0, "fractal attention (cuda): p**levels=", g.P, " needs more shared memory"
+  const Geometry g = tile::plan_geometry(
+      q.size(0), q.size(1), q.size(2), int(q.size(3)), int(prm.p), int(prm.levels),
+      float(prm.scale), lengths.defined() ? lengths.data_ptr<int>() : nullptr, n_pyramids,
+      with_dscores, vec_width, kPreferredSmemBytes, device_limit, &layout);
+  TORCH_CHECK(g.DC > 0, "fractal attention (cuda): p**levels=", g.P, " needs more shared memory"
               " than the device has (", device_limit, " bytes per block)");
-  g.DC = chosen;
-  g.DCs = chosen % 2 == 0 ? chosen + 1 : chosen;
-  layout = layout_for(chosen);
   return g;
 }
 
