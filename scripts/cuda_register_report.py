@@ -89,16 +89,17 @@ def parse(report):
 
 def main_config_smem():
     """Dynamic shared memory for bf16, D=64, p=3, levels=4, as make_geometry in the .cu picks it
-    (preferred budget 100 KiB; odd row stride; table, scores, [dscores], 1/counts, pyramids)."""
+    (preferred budget 100 KiB; row_stride(); table, scores, [dscores], 1/counts, pyramids)."""
     p, levels, D = 3, 4, 64
     P = p ** levels
     R = sum(P // p ** l for l in range(levels))
     E = R * p
     up4 = lambda x: (x + 3) // 4 * 4
-    table = up4((10 + 10 + 11 + 11))
+    table = up4(10 + 10 + 11 + 11 + 1)  # LevelTable, in floats
 
     def layout(dc, n_pyr, dscores):
-        dcs = dc + 1 if dc % 2 == 0 else dc
+        quads = -(-dc // 4)
+        dcs = 4 * (quads + 1 if quads % 2 == 0 else quads)  # row_stride()
         return 4 * (table + up4(E) + (up4(E) if dscores else 0) + up4(R) + n_pyr * R * dcs)
 
     result = {}

@@ -24,8 +24,11 @@ using tile::SmemLayout;
 using tile::TensorRef;
 
 constexpr int kMaxThreads = 256;
-// Shared memory a block aims for: ~3 blocks per SM on H100 and 2 on A100 for the main
-// configuration. Bigger tiles fall back to narrower chunks of the head dim (see choose_chunk).
+// At most 128 registers per thread (2 blocks of 256 threads per SM): ptxas then needs no
+// spills (scripts/cuda_register_report.py); 3 blocks (80 registers) spill.
+constexpr int kMinBlocksPerSM = 2;
+// Shared memory a block aims for: 2 blocks per SM on A100 and H100 for the main configuration
+// (forward 66 KiB with one chunk of D=64, backward 71 KiB with two chunks of 32). Bigger tiles fall back to narrower chunks of the head dim (see choose_chunk).
 constexpr int64_t kPreferredSmemBytes = 100 * 1024;
 
 struct CudaBlock {
@@ -34,8 +37,8 @@ struct CudaBlock {
 };
 
 template <typename T>
-__global__ void __launch_bounds__(kMaxThreads)
-    fractal_fwd_kernel(const ForwardArgs<T> args, int64_t n_items) {
+__global__ void __launch_bounds__(kMaxThreads, kMinBlocksPerSM)
+    fractal_fwd_kernel(const __grid_constant__ ForwardArgs<T> args, int64_t n_items) {
   extern __shared__ float4 smem_raw[];  // float4: 16-byte alignment
   float* smem = reinterpret_cast<float*>(smem_raw);
   const CudaBlock blk{int(threadIdx.x), int(blockDim.x)};
@@ -45,8 +48,8 @@ __global__ void __launch_bounds__(kMaxThreads)
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kMaxThreads)
-    fractal_bwd_kernel(const BackwardArgs<T> args, int64_t n_items) {
+__global__ void __launch_bounds__(kMaxThreads, kMinBlocksPerSM)
+    fractal_bwd_kernel(const __grid_constant__ BackwardArgs<T> args, int64_t n_items) {
   extern __shared__ float4 smem_raw[];
   float* smem = reinterpret_cast<float*>(smem_raw);
   const CudaBlock blk{int(threadIdx.x), int(blockDim.x)};

@@ -28,17 +28,30 @@ struct BackwardArgs {
 MSTR_DEV int chunk_width(const Geometry& g, int d0) { return g.D - d0 < g.DC ? g.D - d0 : g.DC; }
 
 // Pass over q and k: scores of every level, then the window softmax. Leaves the last chunk's
-// q and k pyramids in pyramids 0 and 1.
-template <typename T, class Block>
+// q and k pyramids in pyramids 0 and 1. Once the first chunk of q and k is in shared memory,
+// the first chunks of up to two more tensors (`later`, may be null) start loading into
+// registers (`staged`), to be unstaged by the caller after the softmax. kStaged = false loads
+// straight into shared memory and stages nothing (fewer registers: the backward's choice).
+template <bool kStaged, typename T, class Block>
 MSTR_DEV void scores_to_probs(const Block& blk, const Geometry& g, const SmemLayout& sl,
                               float* smem, const LevelTable& L, const TensorRef<const T>& q,
-                              const TensorRef<const T>& k, const TilePos& tp) {
+                              const TensorRef<const T>& k, const TilePos& tp,
+                              const TensorRef<const T>* later0, Staged& staged0,
+                              const TensorRef<const T>* later1, Staged& staged1) {
   float* pq = smem + sl.pyramid0;
   float* pk = pq + int64_t(g.R) * g.DCs;
   for (int d0 = 0; d0 < g.D; d0 += g.DC) {
     const int dc = chunk_width(g, d0);
-    load_frames(blk, q, tp, d0, dc, pq, g.DCs);
-    load_frames(blk, k, tp, d0, dc, pk, g.DCs);
+    if constexpr (kStaged) {
+      load_frames_pair(blk, q, k, tp, d0, dc, pq, pk, g.DCs);
+      if (d0 == 0) {
+        if (later0) stage(blk, *later0, tp, 0, dc, staged0);
+        if (later1) stage(blk, *later1, tp, 0, dc, staged1);
+      }
+    } else {
+      load_frames(blk, q, tp, d0, dc, pq, g.DCs);
+      load_frames(blk, k, tp, d0, dc, pk, g.DCs);
+    }
     blk.sync();
     build_pyramids(blk, g, L, pq, pk, dc);
     accumulate_row_dots(blk, g, L, pq, pk, smem + sl.inv_count, false, smem + sl.scores, dc);
@@ -55,7 +68,18 @@ MSTR_DEV void forward_tile(const Block& blk, const ForwardArgs<T>& a, float* sme
   const TilePos tp = tile_position(g, item);
   LevelTable& L = *reinterpret_cast<LevelTable*>(smem);
   init_tile(blk, g, a.sl, smem, L, tp.n_tile, false);
-  if (tp.n_tile > 0) scores_to_probs(blk, g, a.sl, smem, L, a.q, a.k, tp);
+  Staged v0, unused;  // the first chunk of v, loaded while the scores are computed
+  v0.held = false;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+  // sm_80's allocation spills with v held in registers across the scores: load v later.
+  const TensorRef<const T>* prefetch_v = nullptr;
+#else
+  const TensorRef<const T>* prefetch_v = &a.v;
+#endif
+  if (tp.n_tile > 0) {
+    scores_to_probs<true>(blk, g, a.sl, smem, L, a.q, a.k, tp, prefetch_v, v0,
+                    static_cast<const TensorRef<const T>*>(nullptr), unused);
+  }
   const float* probs = smem + a.sl.scores;
   const float* inv_count = smem + a.sl.inv_count;
   float* pv = smem + a.sl.pyramid0;
@@ -63,7 +87,11 @@ MSTR_DEV void forward_tile(const Block& blk, const ForwardArgs<T>& a, float* sme
   for (int d0 = 0; d0 < g.D; d0 += g.DC) {
     const int dc = chunk_width(g, d0);
     if (tp.n_tile > 0) {
-      load_frames(blk, a.v, tp, d0, dc, pv, g.DCs);
+      if (d0 == 0) {
+        unstage(blk, v0, a.v, tp, d0, dc, pv, g.DCs);
+      } else {
+        load_frames(blk, a.v, tp, d0, dc, pv, g.DCs);
+      }
       blk.sync();
       build_pyramids(blk, g, L, pv, nullptr, dc);
       const int nq = (dc + 3) / 4;
@@ -112,7 +140,10 @@ MSTR_DEV void backward_tile(const Block& blk, const BackwardArgs<T>& a, float* s
     blk.sync();
     return;
   }
-  scores_to_probs(blk, g, a.sl, smem, L, a.q, a.k, tp);
+  // Plain loads: staging v and dout across the scores costs the backward register spills.
+  Staged none;
+  const TensorRef<const T>* no_tensor = nullptr;
+  scores_to_probs<false>(blk, g, a.sl, smem, L, a.q, a.k, tp, no_tensor, none, no_tensor, none);
   const float* probs = smem + a.sl.scores;
   float* dscores = smem + a.sl.dscores;
   const float* inv_count = smem + a.sl.inv_count;

@@ -35,9 +35,13 @@ namespace tile {
 
 #if defined(__CUDACC__)
 using ::float4;
+using ::uint4;
 #else
 struct alignas(16) float4 {
   float x, y, z, w;
+};
+struct alignas(16) uint4 {
+  unsigned int x, y, z, w;
 };
 #endif
 
@@ -173,6 +177,8 @@ MSTR_DEV const float4* quad_row(const float* pyr, int row, int DCs) {
 // ~2e-6 at worst in float32, with no cancellation in the negative tail. It costs about half the
 // instructions of erff, which dominates the kernel's arithmetic (one GELU per pooled element).
 
+// 1 / x within 2 ulp, inline (a precise division calls a slow-path subroutine, and registers
+// live across a call are spilled). Used for counts (1..1024) and softmax sums (1..p).
 MSTR_DEV float fast_rcp(float x) {
 #if defined(__CUDA_ARCH__)
   return __fdividef(1.0f, x);
@@ -239,19 +245,27 @@ MSTR_DEV Lanes split_lanes(const Block& blk, int items_per_row) {
 
 // ---- global memory --------------------------------------------------------------------------
 
-// W consecutive elements (W * sizeof(T) == 16 bytes) as floats.
-template <int W, typename T>
-MSTR_DEV void load_vector(const T* src, float* out) {
-  static_assert(W * sizeof(T) == kVecBytes, "vector width must fill 16 bytes");
-  T tmp[W];
+MSTR_DEV uint4 load16(const void* src) {
 #if defined(__CUDA_ARCH__)
-  const uint4 raw = __ldg(reinterpret_cast<const uint4*>(src));
-  memcpy(tmp, &raw, kVecBytes);
+  return __ldg(reinterpret_cast<const uint4*>(src));
 #else
-  std::memcpy(tmp, src, kVecBytes);
+  uint4 raw;
+  std::memcpy(&raw, src, kVecBytes);
+  return raw;
 #endif
+}
+
+// 16 bytes of T as W / 4 float quads.
+template <typename T>
+MSTR_DEV void unpack16(const uint4& raw, float4* dst) {
+  constexpr int W = kVecBytes / int(sizeof(T));
+  T tmp[W];
+  memcpy(tmp, &raw, kVecBytes);
 #pragma unroll
-  for (int w = 0; w < W; ++w) out[w] = static_cast<float>(tmp[w]);
+  for (int q = 0; q < W / 4; ++q) {
+    dst[q] = float4{static_cast<float>(tmp[4 * q]), static_cast<float>(tmp[4 * q + 1]),
+                    static_cast<float>(tmp[4 * q + 2]), static_cast<float>(tmp[4 * q + 3])};
+  }
 }
 
 template <int W, typename T>
@@ -305,13 +319,7 @@ MSTR_DEV void load_frames(const Block& blk, const TensorRef<const T>& x, const T
     const Lanes ln = split_lanes(blk, dc / W);
     for (int t = ln.row; t < tp.n_tile; t += ln.nrow) {
       for (int v = ln.col; v < dc / W; v += ln.ncol) {
-        float vals[W];
-        load_vector<W>(base + int64_t(t) * x.st + v * W, vals);
-        float4* d4 = quad_row(dst, t, DCs) + v * (W / 4);
-#pragma unroll
-        for (int q = 0; q < W / 4; ++q) {
-          d4[q] = float4{vals[4 * q], vals[4 * q + 1], vals[4 * q + 2], vals[4 * q + 3]};
-        }
+        unpack16<T>(load16(base + int64_t(t) * x.st + v * W), quad_row(dst, t, DCs) + v * (W / 4));
       }
     }
   } else {
@@ -332,6 +340,74 @@ MSTR_DEV void load_frames(const Block& blk, const TensorRef<const T>& x, const T
   }
 }
 
+// A chunk of one tensor's valid frames held in registers (up to kStageRows 16-byte vectors per
+// thread), so that the loads of several tensors, or of a later phase, are in flight together.
+constexpr int kStageRows = 3;
+
+struct Staged {
+  uint4 raw[kStageRows];
+  bool held;  // false: the chunk does not fit or is not vectorizable; load it when unstaged
+};
+
+template <typename T, class Block>
+MSTR_DEV void stage(const Block& blk, const TensorRef<const T>& x, const TilePos& tp, int d0,
+                    int dc, Staged& s) {
+  constexpr int W = VecWidth<T>::value;
+  const Lanes ln = split_lanes(blk, dc / W > 0 ? dc / W : 1);
+  // The same decision in every thread of the block.
+  s.held = x.vec && dc % W == 0 && ln.ncol == dc / W && tp.n_tile <= kStageRows * ln.nrow;
+  if (!s.held) return;
+  const T* base = frame_base(x, tp, d0) + ln.col * W;
+#pragma unroll
+  for (int r = 0; r < kStageRows; ++r) {
+    const int t = ln.row + r * ln.nrow;
+    if (t < tp.n_tile) s.raw[r] = load16(base + int64_t(t) * x.st);
+  }
+}
+
+template <typename T, class Block>
+MSTR_DEV void unstage(const Block& blk, const Staged& s, const TensorRef<const T>& x,
+                      const TilePos& tp, int d0, int dc, float* dst, int DCs) {
+  constexpr int W = VecWidth<T>::value;
+  if (!s.held) {
+    load_frames(blk, x, tp, d0, dc, dst, DCs);
+    return;
+  }
+  const Lanes ln = split_lanes(blk, dc / W);
+#pragma unroll
+  for (int r = 0; r < kStageRows; ++r) {
+    const int t = ln.row + r * ln.nrow;
+    if (t < tp.n_tile) unpack16<T>(s.raw[r], quad_row(dst, t, DCs) + ln.col * (W / 4));
+  }
+}
+
+// Two tensors' chunks into two pyramids, all loads issued before the first store.
+template <typename T, class Block>
+MSTR_DEV void load_frames_pair(const Block& blk, const TensorRef<const T>& x,
+                               const TensorRef<const T>& y, const TilePos& tp, int d0, int dc,
+                               float* dst_x, float* dst_y, int DCs) {
+  Staged sx, sy;
+  stage(blk, x, tp, d0, dc, sx);
+  stage(blk, y, tp, d0, dc, sy);
+  unstage(blk, sx, x, tp, d0, dc, dst_x, DCs);
+  unstage(blk, sy, y, tp, d0, dc, dst_y, DCs);
+}
+
+// Sum over levels of the rows frame t belongs to, for `QUADS` quads from quad `q0` on.
+template <int QUADS>
+MSTR_DEV void sum_levels(const Geometry& g, const LevelTable& L, const float* pyr, int t, int q0,
+                         float4 (&acc)[QUADS]) {
+#pragma unroll
+  for (int q = 0; q < QUADS; ++q) acc[q] = zero4();
+  int idx = t;
+  for (int l = 0; l < g.levels; ++l) {
+    const float4* row = quad_row(pyr, L.off[l] + idx, g.DCs) + q0;
+#pragma unroll
+    for (int q = 0; q < QUADS; ++q) add4(acc[q], row[q]);
+    idx = div_p(L, idx);
+  }
+}
+
 // For t in [0, T_tile): frame t of the chunk = sum over levels of pyr[row of t at that level]
 // (valid frames) or 0 (padding frames), stored once to global memory.
 template <typename T, class Block>
@@ -340,29 +416,36 @@ MSTR_DEV void store_frames(const Block& blk, const Geometry& g, const LevelTable
                            int dc) {
   constexpr int W = VecWidth<T>::value;
   T* base = frame_base(x, tp, d0);
-  const bool vec = x.vec && dc % W == 0;
-  const int quads_per_item = vec ? W / 4 : 1;
-  const int items = vec ? dc / W : (dc + 3) / 4;
-  const Lanes ln = split_lanes(blk, items);
-  for (int t = ln.row; t < tp.T_tile; t += ln.nrow) {
-    for (int v = ln.col; v < items; v += ln.ncol) {
-      float4 acc[W / 4 > 0 ? W / 4 : 1];
-      for (int q = 0; q < quads_per_item; ++q) acc[q] = zero4();
-      if (t < tp.n_tile) {
-        int idx = t;
-        for (int l = 0; l < g.levels; ++l) {
-          const float4* row = quad_row(pyr, L.off[l] + idx, g.DCs) + v * quads_per_item;
-          for (int q = 0; q < quads_per_item; ++q) add4(acc[q], row[q]);
-          idx = div_p(L, idx);
+  if (x.vec && dc % W == 0) {
+    const Lanes ln = split_lanes(blk, dc / W);
+    for (int t = ln.row; t < tp.T_tile; t += ln.nrow) {
+      for (int v = ln.col; v < dc / W; v += ln.ncol) {
+        float4 acc[W / 4];
+        if (t < tp.n_tile) {
+          sum_levels<W / 4>(g, L, pyr, t, v * (W / 4), acc);
+        } else {
+#pragma unroll
+          for (int q = 0; q < W / 4; ++q) acc[q] = zero4();
         }
+        store_vector<W>(base + int64_t(t) * x.st + v * W, reinterpret_cast<const float*>(acc));
       }
-      const float* vals = reinterpret_cast<const float*>(acc);
-      if (vec) {
-        store_vector<W>(base + int64_t(t) * x.st + v * W, vals);
-      } else {
-        T* dst = base + int64_t(t) * x.st;
-        for (int w = 0; w < 4 && 4 * v + w < dc; ++w) {
-          dst[int64_t(4 * v + w) * x.sd] = static_cast<T>(vals[w]);
+    }
+  } else {
+    const int nq = (dc + 3) / 4;
+    const Lanes ln = split_lanes(blk, nq);
+    for (int t = ln.row; t < tp.T_tile; t += ln.nrow) {
+      T* dst = base + int64_t(t) * x.st;
+      for (int q = ln.col; q < nq; q += ln.ncol) {
+        float4 acc[1];
+        if (t < tp.n_tile) {
+          sum_levels<1>(g, L, pyr, t, q, acc);
+        } else {
+          acc[0] = zero4();
+        }
+        const float vals[4] = {acc[0].x, acc[0].y, acc[0].z, acc[0].w};
+#pragma unroll
+        for (int w = 0; w < 4; ++w) {
+          if (4 * q + w < dc) dst[int64_t(4 * q + w) * x.sd] = static_cast<T>(vals[w]);
         }
       }
     }
@@ -401,7 +484,7 @@ MSTR_DEV void init_tile(const Block& blk, const Geometry& g, const SmemLayout& s
     for (int j = blk.tid; j < L.off[l + 1] - L.off[l]; j += blk.nthreads) {
       const int left = n_tile - j * L.S[l];
       const int c = left < L.S[l] ? left : L.S[l];
-      inv_count[L.off[l] + j] = c > 0 ? 1.0f / float(c) : 0.0f;
+      inv_count[L.off[l] + j] = c > 0 ? fast_rcp(float(c)) : 0.0f;
     }
   }
   blk.sync();
@@ -488,7 +571,7 @@ MSTR_DEV void softmax_rows(const Block& blk, const Geometry& g, const LevelTable
         s[m] = ex;
         total += ex;
       }
-      const float inv_total = 1.0f / total;
+      const float inv_total = fast_rcp(total);
       for (int m = 0; m < wn; ++m) s[m] *= inv_total;
       for (int m = wn; m < g.p; ++m) s[m] = 0.0f;
     }
