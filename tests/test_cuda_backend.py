@@ -49,7 +49,7 @@ def float64_grads(q, k, v, dout, lengths, p, levels, scale):
     out = mstr_kernels.fractal_attention(*leaves, p=p, levels=levels, lengths=lengths,
                                          scale=scale, backend="reference")
     out.backward(dout.double())
-    loop = fractal_attention_f64(*(x.detach().cpu() for x in (q, k, v)), p, levels,
+    loop = fractal_attention_f64(*(x.detach().double().cpu() for x in (q, k, v)), p, levels,
                                  None if lengths is None else lengths.cpu(), scale)
     loop = torch.from_numpy(loop).to(out.device)
     assert rel_err(out.detach(), loop) < 1e-10  # the two float64 definitions agree
@@ -198,7 +198,7 @@ def test_autocast_runs_in_bfloat16():
     with torch.autocast("cuda", dtype=torch.bfloat16):
         out = mstr_kernels.fractal_attention(q, k, v, backend="cuda")
     assert out.dtype == torch.bfloat16
-    ref = fractal_attention_f64(*(x.bfloat16().cpu() for x in (q, k, v)), 3, 4)
+    ref = fractal_attention_f64(*(x.bfloat16().double().cpu() for x in (q, k, v)), 3, 4)
     assert rel_err(out, torch.from_numpy(ref).cuda()) < SPEC_TOL[torch.bfloat16]
 
 
@@ -217,6 +217,6 @@ def test_offsets_beyond_int32():
     q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
     out = mstr_kernels.fractal_attention(q, k, v, p=3, levels=4, backend="cuda")
     tail = [x[:, :, tail_start:] for x in (q, k, v)]
-    ref = fractal_attention_f64(*(x.cpu() for x in tail), 3, 4)
+    ref = fractal_attention_f64(*(x.double().cpu() for x in tail), 3, 4)
     assert rel_err(out[:, :, tail_start:], torch.from_numpy(ref).cuda()) < SPEC_TOL[torch.bfloat16]
     assert (out[:, :, :tail_start:P * 1000] == 0).all()  # zero inputs: zero output (GELU(0)=0)
