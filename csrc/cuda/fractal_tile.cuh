@@ -5,6 +5,7 @@
 #pragma once
 
 #include "fractal_tile_common.cuh"
+#include "fractal_tile_io.cuh"
 
 namespace mstr_kernels {
 namespace tile {
