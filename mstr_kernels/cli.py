@@ -10,6 +10,7 @@ import sys
 # subcommand modules, in the order `mstr --help` lists them
 COMMAND_MODULES = (
     "mstr_kernels.commands.info",
+    "mstr_kernels.commands.flops",
 )
 
 
