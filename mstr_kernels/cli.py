@@ -11,6 +11,8 @@ import sys
 COMMAND_MODULES = (
     "mstr_kernels.commands.info",
     "mstr_kernels.commands.flops",
+    "mstr_kernels.commands.train",
+    "mstr_kernels.commands.evaluate",
 )
 
 
