@@ -21,7 +21,8 @@ def register(sub):
     p.add_argument("--p", type=int, default=None, help="fractal factor (paper: 3)")
     p.add_argument("--layers", type=int, default=None, help="blocks (paper: 4)")
     p.add_argument("--heads", type=int, default=None, help="attention heads (paper: 16)")
-    p.add_argument("--dropout", type=float, default=None)
+    p.add_argument("--dropout", type=float, default=None, help="block dropout (paper: 0.1)")
+    p.add_argument("--classifier-dropout", type=float, default=None, help="paper: 0.5")
     p.add_argument("--backend", default="auto", help="fractal attention backend (default auto)")
     p.add_argument("--epochs", type=int, default=None, help="default: the dataset's preset")
     p.add_argument("--lr", type=float, default=None, help="default: the dataset's preset")
@@ -74,7 +75,8 @@ def build_configs(args, bundle):
     model_kw = dict(feature_dim=bundle.feature_dim, num_classes=bundle.num_classes,
                     backend=args.backend, **preset.get("model", {}))
     for flag, key in (("levels", "levels"), ("p", "p"), ("layers", "num_layers"),
-                      ("heads", "num_heads"), ("dropout", "dropout")):
+                      ("heads", "num_heads"), ("dropout", "dropout"),
+                      ("classifier_dropout", "classifier_dropout")):
         if getattr(args, flag) is not None:
             model_kw[key] = getattr(args, flag)
     model_kw["attention"] = "fractal" if args.model == "mstr" else "full"
