@@ -242,3 +242,33 @@ def test_cli_train_then_evaluate_agree(tmp_path, capsys):
     assert main(args + ["--resume"]) == 0
     again = json.loads((out / "results.json").read_text())
     assert again["summary"] == results["summary"]
+
+
+def test_paper_presets_and_flags():
+    from mstr_kernels.cli import build_parser
+    from mstr_kernels.commands.train import build_configs
+    from mstr_kernels.data import DatasetBundle
+
+    meld = DatasetBundle(name="meld", class_names=[str(i) for i in range(7)], feature_dim=1024,
+                         folds=[])
+    args = build_parser().parse_args(["train", "--dataset", "meld", "--fixed-length", "paper"])
+    model_config, config = build_configs(args, meld)
+    assert (config.epochs, config.lr, config.batch_size) == (150, 5e-6, 32)
+    assert config.fixed_length == 224 and config.select_metric == "WF1"
+    assert (model_config.num_layers, model_config.num_heads, model_config.p,
+            model_config.levels, model_config.num_classes) == (4, 16, 3, 4, 7)
+    args = build_parser().parse_args(["train", "--dataset", "iemocap", "--model", "vanilla",
+                                      "--lr", "3e-4", "--amp", "bf16"])
+    iemocap = DatasetBundle(name="iemocap", class_names=list("ahns"), feature_dim=1024,
+                            folds=[])
+    model_config, config = build_configs(args, iemocap)
+    assert (config.epochs, config.lr, config.amp, config.fixed_length) == (150, 3e-4, "bf16", None)
+    assert model_config.attention == "full"
+
+
+def test_bf16_autocast_run_trains(tmp_path):
+    bundle = build_dataset("synthetic", **TINY_DATA)
+    config = TrainConfig(epochs=1, lr=1e-3, batch_size=16, amp="bf16", progress=False)
+    result = train_run("mstr", tiny_model_config(bundle), bundle, bundle.folds[0], config, seed=0,
+                       run_dir=str(tmp_path))
+    assert np.isfinite(result.valid["loss"]) and 0 <= result.test["WA"] <= 100

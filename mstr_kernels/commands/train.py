@@ -49,6 +49,9 @@ def register(sub):
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--quick", action="store_true",
                    help=f"short synthetic demo: a small dataset and {QUICK_EPOCHS} epochs")
+    p.add_argument("--compare", action="store_true",
+                   help="train MSTR, a single-level MSTR (levels=1) and the vanilla baseline "
+                   "on the same data and seeds, and print them side by side")
     p.set_defaults(func=run)
 
 
@@ -70,8 +73,9 @@ def build_configs(args, bundle):
     """(model config, train config) from the dataset's preset, overridden by the flags."""
     from mstr_kernels.models import MSTRConfig
     from mstr_kernels.training import TrainConfig
+    from mstr_kernels.training.presets import resolve_preset
 
-    preset = bundle.preset
+    preset = resolve_preset(bundle)
     model_kw = dict(feature_dim=bundle.feature_dim, num_classes=bundle.num_classes,
                     backend=args.backend, **preset.get("model", {}))
     for flag, key in (("levels", "levels"), ("p", "p"), ("layers", "num_layers"),
@@ -103,11 +107,13 @@ def build_configs(args, bundle):
 
 
 def run(args) -> int:
+    import dataclasses
+    import json
     import os
 
     from mstr_kernels.data import build_dataset
     from mstr_kernels.training.distributed import init_distributed, shutdown_distributed
-    from mstr_kernels.training.experiment import format_table, run_experiment
+    from mstr_kernels.training.experiment import format_comparison, format_table, run_experiment
     from mstr_kernels.training.seeding import parse_seeds
     from mstr_kernels.training.trainer import resolve_device
 
@@ -119,16 +125,30 @@ def run(args) -> int:
     seeds = parse_seeds(args.seeds)
     bundle = build_dataset(args.dataset, args.features_dir, **options)
     model_config, train_config = build_configs(args, bundle)
+    variants = [(args.model, model_config)]
+    if args.compare:  # the paper's comparison: MSTR, single-level MSTR, the vanilla baseline
+        variants = [("mstr", dataclasses.replace(model_config, attention="fractal")),
+                    ("mstr", dataclasses.replace(model_config, attention="fractal", levels=1)),
+                    ("vanilla", dataclasses.replace(model_config, attention="full"))]
     ctx = init_distributed(resolve_device(args.device, _NoCtx()).type)
     try:
-        name = args.model if args.model == "vanilla" else f"mstr-L{model_config.levels}"
-        out = args.out or os.path.join("runs", f"{bundle.name}-{name}")
-        results = run_experiment(args.model, model_config, bundle, train_config, seeds, out,
-                                 folds=args.folds.split(",") if args.folds else None, ctx=ctx,
-                                 resume=args.resume)
-        if ctx.is_main:
-            print(format_table(results))
-            print(f"results: {os.path.join(out, 'results.json')}")
+        base = args.out or os.path.join("runs", bundle.name)
+        all_results = []
+        for model_name, config in variants:
+            name = "vanilla" if model_name == "vanilla" else f"mstr-L{config.levels}"
+            out = os.path.join(base, name) if args.compare or args.out is None else base
+            results = run_experiment(model_name, config, bundle, train_config, seeds, out,
+                                     folds=args.folds.split(",") if args.folds else None,
+                                     ctx=ctx, resume=args.resume)
+            all_results.append(results)
+            if ctx.is_main:
+                print(format_table(results))
+                print(f"results: {os.path.join(out, 'results.json')}\n")
+        if args.compare and ctx.is_main:
+            print(format_comparison(all_results))
+            with open(os.path.join(base, "comparison.json"), "w") as f:
+                json.dump([{k: r[k] for k in ("model", "config", "params", "summary")}
+                           for r in all_results], f, indent=2)
     finally:
         shutdown_distributed(ctx)
     return 0

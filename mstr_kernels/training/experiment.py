@@ -69,3 +69,18 @@ def format_table(results: dict) -> str:
     lines.append(f"{'mean':>5s} {'':>12s} {'':>7s} " + " ".join(f"{s[k]['mean']:7.2f}" for k in METRICS))
     lines.append(f"{'std':>5s} {'':>12s} {'':>7s} " + " ".join(f"{s[k]['std']:7.2f}" for k in METRICS))
     return "\n".join(lines)
+
+
+def format_comparison(all_results: List[dict]) -> str:
+    first = all_results[0]
+    lines = [f"{first['dataset']}: test scores (mean +- std over seeds {first['seeds']}), "
+             f"epochs chosen on validation {first['train_config']['select_metric']}",
+             f"{'model':14s} {'params':>8s} " + " ".join(f"{k:>13s}" for k in METRICS)
+             + f" {'samples/s':>9s}"]
+    for r in all_results:
+        name = r["model"] if r["model"] == "vanilla" else f"mstr levels={r['config']['levels']}"
+        speed = np.mean([run["train_samples_per_s"] for run in r["runs"]])
+        lines.append(f"{name:14s} {r['params'] / 1e6:7.3f}M " + " ".join(
+            f"{r['summary'][k]['mean']:6.2f} +-{r['summary'][k]['std']:5.2f}" for k in METRICS)
+            + f" {speed:9.1f}")
+    return "\n".join(lines)
