@@ -16,7 +16,7 @@ from mstr_kernels.models import MSTRConfig, build_model
 from mstr_kernels.training import (TrainConfig, classification_metrics, load_checkpoint,
                                    load_model, save_checkpoint, summarize, train_run)
 from mstr_kernels.training.batching import LengthBucketBatchSampler, PadCollate
-from mstr_kernels.training.checkpoint import prefixed, restore_optimizer
+from mstr_kernels.training.checkpoint import restore_optimizer
 from mstr_kernels.training.seeding import parse_seeds
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
