@@ -272,3 +272,18 @@ def test_bf16_autocast_run_trains(tmp_path):
     result = train_run("mstr", tiny_model_config(bundle), bundle, bundle.folds[0], config, seed=0,
                        run_dir=str(tmp_path))
     assert np.isfinite(result.valid["loss"]) and 0 <= result.test["WA"] <= 100
+
+
+def test_cli_compare_trains_the_three_models(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(["train", "--dataset", "synthetic", *TINY_DATA_FLAGS, "--layers", "1",
+                 "--heads", "2", "--levels", "2", "--epochs", "1", "--batch-size", "16",
+                 "--no-progress", "--out", str(out), "--compare"]) == 0
+    printed = capsys.readouterr().out
+    rows = json.loads((out / "comparison.json").read_text())
+    assert [(r["model"], r["config"]["levels"], r["config"]["attention"]) for r in rows] == \
+        [("mstr", 2, "fractal"), ("mstr", 1, "fractal"), ("vanilla", 2, "full")]
+    assert rows[0]["params"] == rows[1]["params"] == rows[2]["params"]
+    for name in ("mstr-L2", "mstr-L1", "vanilla"):
+        assert (out / name / "results.json").exists()
+    assert "mstr levels=1" in printed and "vanilla" in printed
