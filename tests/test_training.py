@@ -79,6 +79,11 @@ def test_length_buckets_cover_everything_and_shard_global_batches():
         r.set_epoch(2)
     for whole, a, b in zip(batches, *ranks):
         assert sorted(a + b) == sorted(whole) and abs(len(a) - len(b)) <= 1
+    # a last batch too small to give each rank an item joins the previous one
+    three = [LengthBucketBatchSampler(lengths[:33], 16, seed=1, rank=r, world_size=3)
+             for r in range(3)]
+    assert len(three[0]) == 2 and all(len(b) > 0 for r in three for b in r)
+    assert sorted(i for r in three for b in r for i in b) == list(range(33))
     with pytest.raises(ValueError, match="batch_size=1"):
         LengthBucketBatchSampler(lengths, 1, world_size=2)
 

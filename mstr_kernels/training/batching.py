@@ -3,7 +3,8 @@
 Each epoch shuffles the items with a generator seeded by (seed, epoch), sorts pools of
 `pool_batches` batches by length, cuts them into batches of similar lengths and shuffles the
 batch order: little padding, still random. Under DDP every global batch is split between the
-ranks (rank r takes items r, r+W, ...), so W processes see exactly the global batches of one.
+ranks (rank r takes items r, r+W, ...), so W processes see exactly the global batches of one
+(except that a last batch of fewer than W items joins the one before).
 """
 from __future__ import annotations
 
@@ -44,6 +45,9 @@ class LengthBucketBatchSampler(Sampler[List[int]]):
             order = [i for s in range(0, n, pool)
                      for i in sorted(order[s:s + pool], key=lambda i: self.lengths[i])]
         batches = [order[s:s + self.batch_size] for s in range(0, n, self.batch_size)]
+        if len(batches) > 1 and len(batches[-1]) < self.world_size:
+            # too few items to give every rank one: they join the previous batch
+            batches[-2].extend(batches.pop())
         if self.shuffle:
             perm = torch.randperm(len(batches), generator=g).tolist()
             batches = [batches[i] for i in perm]
@@ -54,7 +58,11 @@ class LengthBucketBatchSampler(Sampler[List[int]]):
             yield batch[self.rank::self.world_size]
 
     def __len__(self) -> int:
-        return max(0, -(-len(self.lengths) // self.batch_size) - self.start_batch)
+        n, b = len(self.lengths), self.batch_size
+        batches = -(-n // b)
+        if batches > 1 and 0 < n % b < self.world_size:
+            batches -= 1
+        return max(0, batches - self.start_batch)
 
 
 def sequence_lengths(dataset) -> List[int]:
