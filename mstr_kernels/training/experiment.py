@@ -55,8 +55,9 @@ def run_experiment(model_name: str, model_config: MSTRConfig, bundle, config: Tr
 
 
 def format_table(results: dict) -> str:
-    lines = [f"{results['dataset']} / {results['model']} "
-             f"(levels={results['config']['levels']}, p={results['config']['p']}, "
+    c = results["config"]
+    attention = "full attention" if c["attention"] == "full" else f"levels={c['levels']}, p={c['p']}"
+    lines = [f"{results['dataset']} / {results['model']} ({attention}, "
              f"{results['params'] / 1e6:.3f}M params): test scores at the best validation "
              f"{results['train_config']['select_metric']} epoch",
              f"{'seed':>5s} {'fold':>12s} {'best ep':>7s} " + " ".join(f"{k:>7s}" for k in METRICS)
