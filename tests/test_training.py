@@ -292,3 +292,36 @@ def test_cli_compare_trains_the_three_models(tmp_path, capsys):
     for name in ("mstr-L2", "mstr-L1", "vanilla"):
         assert (out / name / "results.json").exists()
     assert "mstr levels=1" in printed and "vanilla" in printed
+
+
+def test_sigkilled_cli_run_resumes_to_identical_weights(tmp_path):
+    import signal
+    import time
+
+    args = [sys.executable, "-m", "mstr_kernels.cli", "train", "--dataset", "synthetic",
+            *TINY_DATA_FLAGS, "--layers", "1", "--heads", "2", "--levels", "2", "--epochs", "6",
+            "--batch-size", "8", "--checkpoint-every", "1", "--no-progress"]
+    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    subprocess.run(args + ["--out", str(whole)], check=True, env=env, cwd=REPO,
+                   capture_output=True, timeout=300)
+    last = killed / "seed0" / "synthetic" / "last.safetensors"
+    proc = subprocess.Popen(args + ["--out", str(killed)], env=env, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while not last.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)  # mid-epoch 1: 36 steps remain
+    finally:
+        assert proc.wait(timeout=60) == -signal.SIGKILL
+    _, meta = load_checkpoint(str(last))
+    assert not meta["finished"] and meta["position"]["global_step"] < 36
+    subprocess.run(args + ["--out", str(killed), "--resume"], check=True, env=env, cwd=REPO,
+                   capture_output=True, timeout=300)
+    a, meta_a = load_checkpoint(str(whole / "seed0" / "synthetic" / "last.safetensors"))
+    b, meta_b = load_checkpoint(str(last))
+    assert meta_b["finished"] and meta_b["result"]["test"] == meta_a["result"]["test"]
+    for k in a:
+        if k.startswith(("model.", "optimizer.")):
+            assert torch.equal(a[k], b[k]), k

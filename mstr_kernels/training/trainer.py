@@ -148,6 +148,10 @@ def train_run(model_name: str, model_config: MSTRConfig, bundle, fold, config: T
     history: List[dict] = []
     best = {"epoch": -1, "score": float("-inf"), "valid": None}
     train_seconds, train_samples = 0.0, 0
+    if resume and ctx.is_main and os.path.isdir(run_dir):
+        for name in os.listdir(run_dir):  # a kill during a write leaves its temporary behind
+            if name.startswith(".tmp-") and name.endswith(".safetensors"):
+                os.unlink(os.path.join(run_dir, name))
     if resume and os.path.exists(last_path):
         tensors, meta = load_checkpoint(last_path, "cpu")
         if meta.get("finished"):
