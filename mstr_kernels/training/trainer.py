@@ -146,7 +146,7 @@ def train_run(model_name: str, model_config: MSTRConfig, bundle, fold, config: T
 
     epoch, start_batch, global_step = 0, 0, 0
     history: List[dict] = []
-    best = {"epoch": -1, "score": float("-inf"), "valid": None}
+    best = {"epoch": -1, "score": None, "valid": None}  # JSON-clean before the first epoch
     train_seconds, train_samples = 0.0, 0
     if resume and ctx.is_main and os.path.isdir(run_dir):
         for name in os.listdir(run_dir):  # a kill during a write leaves its temporary behind
@@ -247,7 +247,7 @@ def train_run(model_name: str, model_config: MSTRConfig, bundle, fold, config: T
         valid = evaluate_model(eval_net, fold.valid, bundle.num_classes, **eval_kw)
         history.append({"epoch": epoch, "valid": valid})
         score = valid[config.select_metric]
-        if score > best["score"]:
+        if best["score"] is None or score > best["score"]:  # ties keep the earlier epoch
             best = {"epoch": epoch, "score": score, "valid": valid}
             if ctx.is_main:
                 save_checkpoint(best_path, model, dict(meta_base, best=best, epoch=epoch))
