@@ -10,8 +10,11 @@ import sys
 # subcommand modules, in the order `mstr --help` lists them
 COMMAND_MODULES = (
     "mstr_kernels.commands.info",
-    "mstr_kernels.commands.bench",
     "mstr_kernels.commands.demo",
+    "mstr_kernels.commands.bench",
+    "mstr_kernels.commands.flops",
+    "mstr_kernels.commands.train",
+    "mstr_kernels.commands.evaluate",
     "mstr_kernels.commands.extract",
     "mstr_kernels.commands.predict",
 )
