@@ -254,8 +254,10 @@ def test_paper_presets_and_flags():
     from mstr_kernels.commands.train import build_configs
     from mstr_kernels.data import DatasetBundle
 
+    from mstr_kernels.data.presets import PAPER_PRESETS
+
     meld = DatasetBundle(name="meld", class_names=[str(i) for i in range(7)], feature_dim=1024,
-                         folds=[])
+                         folds=[], preset=PAPER_PRESETS["meld"])
     args = build_parser().parse_args(["train", "--dataset", "meld", "--fixed-length", "paper"])
     model_config, config = build_configs(args, meld)
     assert (config.epochs, config.lr, config.batch_size) == (150, 5e-6, 32)
@@ -265,7 +267,7 @@ def test_paper_presets_and_flags():
     args = build_parser().parse_args(["train", "--dataset", "iemocap", "--model", "vanilla",
                                       "--lr", "3e-4", "--amp", "bf16"])
     iemocap = DatasetBundle(name="iemocap", class_names=list("ahns"), feature_dim=1024,
-                            folds=[])
+                            folds=[], preset=PAPER_PRESETS["iemocap"])
     model_config, config = build_configs(args, iemocap)
     assert (config.epochs, config.lr, config.amp, config.fixed_length) == (150, 3e-4, "bf16", None)
     assert model_config.attention == "full"

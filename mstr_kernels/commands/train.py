@@ -73,9 +73,7 @@ def build_configs(args, bundle):
     """(model config, train config) from the dataset's preset, overridden by the flags."""
     from mstr_kernels.models import MSTRConfig
     from mstr_kernels.training import TrainConfig
-    from mstr_kernels.training.presets import resolve_preset
-
-    preset = resolve_preset(bundle)
+    preset = dict(bundle.preset or {})
     model_kw = dict(feature_dim=bundle.feature_dim, num_classes=bundle.num_classes,
                     backend=args.backend, **preset.get("model", {}))
     for flag, key in (("levels", "levels"), ("p", "p"), ("layers", "num_layers"),

@@ -31,7 +31,7 @@ class DatasetBundle:
     # Extractor settings the features were made with (model, layer, sample rate), saved into
     # checkpoints so that `mstr predict` rebuilds the same features; None for synthetic data.
     extractor: Optional[dict] = None
-    # Per-dataset defaults of the paper's protocol, over mstr_kernels.training.presets:
+    # Defaults of the dataset's protocol (the corpora's come from data/presets.py), under flags:
     # epochs, lr, batch_size, fixed_length, select_metric ("WA"|"UA"|"WF1"), model (dict of
     # MSTRConfig overrides).
     preset: Dict[str, object] = field(default_factory=dict)
