@@ -1,0 +1,158 @@
+"""The fused Triton backward kernel: recomputes each tile's forward from q, k, v and writes
+dq, dk, dv once per frame, without atomics (deterministic).
+
+Per tile: (A) bottom-up, pool q, k, v and dout into every level's rows (sums, in scratch);
+(B) top-down, level L..2: recompute the window attention on the pooled means, take
+dY = dG * GELU'(Y) with dG the sum of dout over the row's frames, run the window softmax
+backward, turn the gradients of the pooled means into per-frame shares (divide by the counts)
+and store A_l[j] = share_l[j] + A_{l+1}[j // p]; then level 1 on the raw frames adds A_2 of each
+frame's parent and writes dq, dk, dv.
+"""
+import triton
+import triton.language as tl
+
+from .triton_fractal_common import (_gelu_grad, _level_rows, _load_chunk, _load_parent,
+                                    _store_chunk, _store_pooled, _take, _tile_coords,
+                                    _window_softmax)
+
+BWD_REGIONS = 7  # scratch regions: pooled q, k, v, dout sums; top-down sums of dq, dk, dv
+
+
+@triton.jit
+def _window_softmax_bwd(q3, k3, v3, g3, w, n_t, S, scale, P_WIN: tl.constexpr,
+                        BW: tl.constexpr, BP: tl.constexpr, BD: tl.constexpr):
+    """Gradients of the pooled means (dq, dk, dv, each [BW, BP, BD]) of one level's windows,
+    given dG = g3, the gradient of GELU(Y) (0 on rows without valid frames)."""
+    y, m, l = _window_softmax(q3, k3, v3, w, n_t, S, scale, P_WIN, BW, BP, BD)
+    inv_l = 1.0 / tl.where(l > 0, l, 1.0)
+    dy = g3 * _gelu_grad(y)
+    delta = tl.sum(dy * y, axis=2)  # sum_i P_ji dP_ji = <dY_j, Y_j>
+    sel = tl.arange(0, BP)[None, :, None]
+    dq = tl.zeros([BW, BP, BD], tl.float32)
+    dk = tl.zeros([BW, BP, BD], tl.float32)
+    dv = tl.zeros([BW, BP, BD], tl.float32)
+    for i in tl.static_range(P_WIN):
+        k_i = _take(k3, i, BP)
+        v_i = _take(v3, i, BP)
+        s = tl.sum(q3 * k_i[:, None, :], axis=2) * scale
+        key_ok = (w * P_WIN + i) * S < n_t
+        s = tl.where(key_ok[:, None], s, float("-inf"))
+        prob = tl.exp(s - m) * inv_l  # [BW, BP]: weight of key i for each query of the window
+        dprob = tl.sum(dy * v_i[:, None, :], axis=2)
+        ds = prob * (dprob - delta) * scale
+        dq += ds[:, :, None] * k_i[:, None, :]
+        dk = tl.where(sel == i, tl.sum(ds[:, :, None] * q3, axis=1)[:, None, :], dk)
+        dv = tl.where(sel == i, tl.sum(prob[:, :, None] * dy, axis=1)[:, None, :], dv)
+    return dq, dk, dv
+
+
+@triton.jit
+def fractal_bwd_kernel(
+        do_ptr, q_ptr, k_ptr, v_ptr, dq_ptr, dk_ptr, dv_ptr, lengths_ptr, scratch_ptr,
+        sgb, sgh, sgt, sgd, sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd,
+        sob, soh, sot, sod,  # dq, dk, dv share one layout (B, T, H, D)
+        H, T, D, n_tiles, total_tiles, scale,
+        HAS_LENGTHS: tl.constexpr, P_WIN: tl.constexpr, LEVELS: tl.constexpr,
+        TILE: tl.constexpr, N_ROWS: tl.constexpr,
+        BW: tl.constexpr, BP: tl.constexpr, BD: tl.constexpr):
+    pid = tl.program_id(0)
+    region = N_ROWS * D
+    scr_q = scratch_ptr + pid.to(tl.int64) * (BWD_REGIONS * region)
+    scr_k = scr_q + region
+    scr_v = scr_k + region
+    scr_g = scr_v + region
+    scr_aq = scr_g + region
+    scr_ak = scr_aq + region
+    scr_av = scr_ak + region
+
+    for tile_id in range(pid, total_tiles, tl.num_programs(0)):
+        b, h, t0, n_t = _tile_coords(tile_id, H, n_tiles, T, lengths_ptr, HAS_LENGTHS, TILE)
+        g_base = do_ptr + b * sgb + h * sgh + t0.to(tl.int64) * sgt
+        q_base = q_ptr + b * sqb + h * sqh + t0.to(tl.int64) * sqt
+        k_base = k_ptr + b * skb + h * skh + t0.to(tl.int64) * skt
+        v_base = v_ptr + b * svb + h * svh + t0.to(tl.int64) * svt
+
+        # (A) bottom-up pooling of q, k, v and dout.
+        if LEVELS > 1:
+            for w0 in range(0, tl.cdiv(n_t, P_WIN), BW):
+                w, rows, count = _level_rows(w0, n_t, 1, P_WIN, BW, BP)
+                _store_pooled(scr_q, w, _load_chunk(q_base, rows, sqt, sqd, count, D, BD),
+                              n_t, P_WIN, D, BD)
+                _store_pooled(scr_k, w, _load_chunk(k_base, rows, skt, skd, count, D, BD),
+                              n_t, P_WIN, D, BD)
+                _store_pooled(scr_v, w, _load_chunk(v_base, rows, svt, svd, count, D, BD),
+                              n_t, P_WIN, D, BD)
+                _store_pooled(scr_g, w, _load_chunk(g_base, rows, sgt, sgd, count, D, BD),
+                              n_t, P_WIN, D, BD)
+            tl.debug_barrier()
+            for lvl in tl.static_range(2, LEVELS):
+                S: tl.constexpr = P_WIN ** (lvl - 1)
+                RB: tl.constexpr = (TILE - TILE // P_WIN ** (lvl - 2)) // (P_WIN - 1)
+                RB_UP: tl.constexpr = (TILE - TILE // P_WIN ** (lvl - 1)) // (P_WIN - 1)
+                for w0 in range(0, tl.cdiv(n_t, S * P_WIN), BW):
+                    w, rows, count = _level_rows(w0, n_t, S, P_WIN, BW, BP)
+                    _store_pooled(scr_q + RB_UP * D, w,
+                                  _load_chunk(scr_q + RB * D, rows, D, 1, count, D, BD),
+                                  n_t, S * P_WIN, D, BD)
+                    _store_pooled(scr_k + RB_UP * D, w,
+                                  _load_chunk(scr_k + RB * D, rows, D, 1, count, D, BD),
+                                  n_t, S * P_WIN, D, BD)
+                    _store_pooled(scr_v + RB_UP * D, w,
+                                  _load_chunk(scr_v + RB * D, rows, D, 1, count, D, BD),
+                                  n_t, S * P_WIN, D, BD)
+                    _store_pooled(scr_g + RB_UP * D, w,
+                                  _load_chunk(scr_g + RB * D, rows, D, 1, count, D, BD),
+                                  n_t, S * P_WIN, D, BD)
+                tl.debug_barrier()
+
+            # (B) top-down: each pooled level's gradients, accumulated per row in scratch.
+            for step in tl.static_range(LEVELS - 1):
+                lvl: tl.constexpr = LEVELS - step
+                S: tl.constexpr = P_WIN ** (lvl - 1)
+                RB: tl.constexpr = (TILE - TILE // P_WIN ** (lvl - 2)) // (P_WIN - 1)
+                RB_UP: tl.constexpr = (TILE - TILE // P_WIN ** (lvl - 1)) // (P_WIN - 1)
+                for w0 in range(0, tl.cdiv(n_t, S * P_WIN), BW):
+                    w, rows, count = _level_rows(w0, n_t, S, P_WIN, BW, BP)
+                    inv = (1.0 / tl.maximum(count, 1).to(tl.float32))[:, :, None]
+                    q3 = _load_chunk(scr_q + RB * D, rows, D, 1, count, D, BD) * inv
+                    k3 = _load_chunk(scr_k + RB * D, rows, D, 1, count, D, BD) * inv
+                    v3 = _load_chunk(scr_v + RB * D, rows, D, 1, count, D, BD) * inv
+                    g3 = _load_chunk(scr_g + RB * D, rows, D, 1, count, D, BD)
+                    dq, dk, dv = _window_softmax_bwd(q3, k3, v3, g3, w, n_t, S, scale,
+                                                     P_WIN, BW, BP, BD)
+                    # d(mean)/d(frame) = 1 / count: each frame's share of the row's gradient.
+                    dq *= inv
+                    dk *= inv
+                    dv *= inv
+                    if lvl < LEVELS:
+                        dq += _load_parent(scr_aq + RB_UP * D, w, n_t, S * P_WIN, D, BD)[:, None, :]
+                        dk += _load_parent(scr_ak + RB_UP * D, w, n_t, S * P_WIN, D, BD)[:, None, :]
+                        dv += _load_parent(scr_av + RB_UP * D, w, n_t, S * P_WIN, D, BD)[:, None, :]
+                    _store_chunk(scr_aq + RB * D, rows, D, 1, dq, count > 0, D, BD)
+                    _store_chunk(scr_ak + RB * D, rows, D, 1, dk, count > 0, D, BD)
+                    _store_chunk(scr_av + RB * D, rows, D, 1, dv, count > 0, D, BD)
+                tl.debug_barrier()
+
+        # Level 1 on the raw frames; writes every frame of the tile below T once (0 for padding).
+        dq_base = dq_ptr + b * sob + h * soh + t0.to(tl.int64) * sot
+        dk_base = dk_ptr + b * sob + h * soh + t0.to(tl.int64) * sot
+        dv_base = dv_ptr + b * sob + h * soh + t0.to(tl.int64) * sot
+        n_frames = tl.minimum(T - t0, TILE)
+        for w0 in range(0, tl.cdiv(n_frames, P_WIN), BW):
+            w, rows, count = _level_rows(w0, n_t, 1, P_WIN, BW, BP)
+            q3 = _load_chunk(q_base, rows, sqt, sqd, count, D, BD)
+            k3 = _load_chunk(k_base, rows, skt, skd, count, D, BD)
+            v3 = _load_chunk(v_base, rows, svt, svd, count, D, BD)
+            g3 = _load_chunk(g_base, rows, sgt, sgd, count, D, BD)
+            dq, dk, dv = _window_softmax_bwd(q3, k3, v3, g3, w, n_t, 1, scale,
+                                             P_WIN, BW, BP, BD)
+            if LEVELS > 1:
+                dq += _load_parent(scr_aq, w, n_t, P_WIN, D, BD)[:, None, :]
+                dk += _load_parent(scr_ak, w, n_t, P_WIN, D, BD)[:, None, :]
+                dv += _load_parent(scr_av, w, n_t, P_WIN, D, BD)[:, None, :]
+            valid = count[:, :, None] > 0
+            in_seq = (tl.arange(0, BP)[None, :] < P_WIN) & (rows < n_frames)
+            _store_chunk(dq_base, rows, sot, sod, tl.where(valid, dq, 0.0), in_seq, D, BD)
+            _store_chunk(dk_base, rows, sot, sod, tl.where(valid, dk, 0.0), in_seq, D, BD)
+            _store_chunk(dv_base, rows, sot, sod, tl.where(valid, dv, 0.0), in_seq, D, BD)
+        tl.debug_barrier()  # the next tile reuses this program's scratch

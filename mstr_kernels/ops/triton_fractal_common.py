@@ -1,0 +1,124 @@
+"""Triton device functions shared by the fused forward and backward kernels.
+
+Layout of the work (see benchmarks/NOTES.md, "Triton"): a program owns one (batch, head, tile
+of p**levels frames) at a time. At level l (pooling size S = p**(l-1)) the tile has TILE // S
+pooled rows, grouped in windows of p rows. A chunk is BW windows held as a [BW, BP, BD]
+register tensor (BP = next power of two >= p, BD = next power of two >= D), padded lanes masked.
+Level l+1's pooled row w is the sum of level l's window w, so pooling is a reduction over
+axis 1 of the chunk; per-program scratch rows (global memory, hot in L2) carry the sums from
+level to level. Sums and valid-frame counts (not means) travel, so tail groups stay exact.
+"""
+import triton
+import triton.language as tl
+
+INV_SQRT2 = 0.7071067811865476
+INV_SQRT_2PI = 0.3989422804014327
+
+
+@triton.jit
+def _gelu(x):
+    return 0.5 * x * (1.0 + tl.math.erf(x * INV_SQRT2))
+
+
+@triton.jit
+def _gelu_grad(x):
+    cdf = 0.5 * (1.0 + tl.math.erf(x * INV_SQRT2))
+    return cdf + x * INV_SQRT_2PI * tl.exp(-0.5 * x * x)
+
+
+@triton.jit
+def _level_rows(w0, n_t, S, P_WIN: tl.constexpr, BW: tl.constexpr, BP: tl.constexpr):
+    """Chunk of windows [w0, w0 + BW) of one level: window ids [BW], row ids [BW, BP] and the
+    number of valid frames pooled in each row [BW, BP] (0 for padding lanes and padded frames)."""
+    w = w0 + tl.arange(0, BW)
+    i = tl.arange(0, BP)
+    rows = w[:, None] * P_WIN + i[None, :]
+    count = tl.minimum(tl.maximum(n_t - rows * S, 0), S)
+    count = tl.where(i[None, :] < P_WIN, count, 0)
+    return w, rows, count
+
+
+@triton.jit
+def _load_chunk(base, rows, row_stride, col_stride, count, D, BD: tl.constexpr):
+    """[BW, BP, BD] float32 of rows `rows` (int) of a row-major view; rows with count 0 and
+    columns >= D are not read (0)."""
+    d = tl.arange(0, BD)
+    offs = rows[:, :, None].to(tl.int64) * row_stride + d[None, None, :].to(tl.int64) * col_stride
+    mask = (count[:, :, None] > 0) & (d[None, None, :] < D)
+    return tl.load(base + offs, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _store_chunk(base, rows, row_stride, col_stride, value, mask2, D, BD: tl.constexpr):
+    d = tl.arange(0, BD)
+    offs = rows[:, :, None].to(tl.int64) * row_stride + d[None, None, :].to(tl.int64) * col_stride
+    mask = mask2[:, :, None] & (d[None, None, :] < D)
+    tl.store(base + offs, value.to(base.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _load_parent(base, w, n_t, S_PARENT, D, BD: tl.constexpr):
+    """[BW, BD] scratch row w of the next level up (the parent of window w's rows); rows
+    without valid frames are not read (0)."""
+    d = tl.arange(0, BD)
+    mask = ((w * S_PARENT < n_t)[:, None]) & (d[None, :] < D)
+    return tl.load(base + w[:, None] * D + d[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
+def _store_pooled(base, w, x, n_t, S_POOLED, D, BD: tl.constexpr):
+    """Store sum over each window of chunk x ([BW, BP, BD]) as scratch row w (the next level's
+    pooled sums); windows without valid frames are not written."""
+    d = tl.arange(0, BD)
+    mask = ((w * S_POOLED < n_t)[:, None]) & (d[None, :] < D)
+    tl.store(base + w[:, None] * D + d[None, :], tl.sum(x, axis=1), mask=mask)
+
+
+@triton.jit
+def _take(x3, i, BP: tl.constexpr):
+    """Row i of every window of a [BW, BP, BD] chunk, as [BW, BD]."""
+    sel = tl.arange(0, BP)[None, :, None] == i
+    return tl.sum(tl.where(sel, x3, 0.0), axis=1)
+
+
+@triton.jit
+def _window_softmax(q3, k3, v3, w, n_t, S, scale, P_WIN: tl.constexpr, BW: tl.constexpr,
+                    BP: tl.constexpr, BD: tl.constexpr):
+    """Attention inside each window of p rows: y [BW, BP, BD] and the softmax statistics
+    (running max m and sum l, [BW, BP]) the backward needs. Keys without valid frames get no
+    weight; a query row whose window has no valid key gets y = 0."""
+    m = tl.full([BW, BP], -1e30, tl.float32)  # finite: exp(m - m_new) never sees inf - inf
+    l = tl.zeros([BW, BP], tl.float32)
+    acc = tl.zeros([BW, BP, BD], tl.float32)
+    for i in tl.static_range(P_WIN):
+        k_i = _take(k3, i, BP)
+        v_i = _take(v3, i, BP)
+        s = tl.sum(q3 * k_i[:, None, :], axis=2) * scale
+        key_ok = (w * P_WIN + i) * S < n_t
+        s = tl.where(key_ok[:, None], s, float("-inf"))
+        m_new = tl.maximum(m, s)
+        alpha = tl.exp(m - m_new)
+        e = tl.exp(s - m_new)
+        l = l * alpha + e
+        acc = acc * alpha[:, :, None] + e[:, :, None] * v_i[:, None, :]
+        m = m_new
+    y = acc / tl.where(l > 0, l, 1.0)[:, :, None]
+    return y, m, l
+
+
+@triton.jit
+def _tile_coords(tile_id, H, n_tiles, T, lengths_ptr, HAS_LENGTHS: tl.constexpr,
+                 TILE: tl.constexpr):
+    """(b, h) as int64, first frame t0 (int64) and valid frames n_t of tile `tile_id`; heads vary
+    fastest so neighbouring programs read neighbouring memory of a (B, T, H, D) projection."""
+    h = tile_id % H
+    rest = tile_id // H
+    tile = rest % n_tiles
+    b = rest // n_tiles
+    if HAS_LENGTHS:
+        n = tl.load(lengths_ptr + b)
+    else:
+        n = T
+    t0 = tile * TILE
+    n_t = tl.minimum(tl.maximum(n - t0, 0), TILE)
+    return b.to(tl.int64), h.to(tl.int64), t0, n_t

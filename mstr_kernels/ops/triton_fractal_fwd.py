@@ -1,0 +1,100 @@
+"""The fused Triton forward kernel: every level of one tile in one program, output written once.
+
+Per tile: (A) bottom-up, pool level l's windows into level l+1's rows (sums, in scratch);
+(B) top-down, level L..2 attention on the pooled means, each level storing
+Z_l[j] = GELU(Y_l[j]) + Z_{l+1}[j // p] in scratch; then level 1 on the raw frames adds Z_2 of
+each frame's parent and writes out[t] = sum over levels of GELU(Y_l[t // S_l]).
+"""
+import triton
+import triton.language as tl
+
+from .triton_fractal_common import (_gelu, _level_rows, _load_chunk, _load_parent, _store_chunk,
+                                    _store_pooled, _tile_coords, _window_softmax)
+
+FWD_REGIONS = 4  # scratch regions: pooled q, k, v sums and the top-down sum Z
+
+
+@triton.jit
+def fractal_fwd_kernel(
+        q_ptr, k_ptr, v_ptr, out_ptr, lengths_ptr, scratch_ptr,
+        sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sob, soh, sot, sod,
+        H, T, D, n_tiles, total_tiles, scale,
+        HAS_LENGTHS: tl.constexpr, P_WIN: tl.constexpr, LEVELS: tl.constexpr,
+        TILE: tl.constexpr, N_ROWS: tl.constexpr,
+        BW: tl.constexpr, BP: tl.constexpr, BD: tl.constexpr):
+    pid = tl.program_id(0)
+    region = N_ROWS * D
+    scr_q = scratch_ptr + pid.to(tl.int64) * (FWD_REGIONS * region)
+    scr_k = scr_q + region
+    scr_v = scr_k + region
+    scr_z = scr_v + region
+
+    for tile_id in range(pid, total_tiles, tl.num_programs(0)):
+        b, h, t0, n_t = _tile_coords(tile_id, H, n_tiles, T, lengths_ptr, HAS_LENGTHS, TILE)
+        q_base = q_ptr + b * sqb + h * sqh + t0.to(tl.int64) * sqt
+        k_base = k_ptr + b * skb + h * skh + t0.to(tl.int64) * skt
+        v_base = v_ptr + b * svb + h * svh + t0.to(tl.int64) * svt
+
+        # (A) bottom-up pooling: level 1 (raw frames) -> level 2 sums -> ... -> level L sums.
+        if LEVELS > 1:
+            for w0 in range(0, tl.cdiv(n_t, P_WIN), BW):
+                w, rows, count = _level_rows(w0, n_t, 1, P_WIN, BW, BP)
+                _store_pooled(scr_q, w, _load_chunk(q_base, rows, sqt, sqd, count, D, BD),
+                              n_t, P_WIN, D, BD)
+                _store_pooled(scr_k, w, _load_chunk(k_base, rows, skt, skd, count, D, BD),
+                              n_t, P_WIN, D, BD)
+                _store_pooled(scr_v, w, _load_chunk(v_base, rows, svt, svd, count, D, BD),
+                              n_t, P_WIN, D, BD)
+            tl.debug_barrier()
+            for lvl in tl.static_range(2, LEVELS):
+                S: tl.constexpr = P_WIN ** (lvl - 1)
+                RB: tl.constexpr = (TILE - TILE // P_WIN ** (lvl - 2)) // (P_WIN - 1)
+                RB_UP: tl.constexpr = (TILE - TILE // P_WIN ** (lvl - 1)) // (P_WIN - 1)
+                for w0 in range(0, tl.cdiv(n_t, S * P_WIN), BW):
+                    w, rows, count = _level_rows(w0, n_t, S, P_WIN, BW, BP)
+                    _store_pooled(scr_q + RB_UP * D, w,
+                                  _load_chunk(scr_q + RB * D, rows, D, 1, count, D, BD),
+                                  n_t, S * P_WIN, D, BD)
+                    _store_pooled(scr_k + RB_UP * D, w,
+                                  _load_chunk(scr_k + RB * D, rows, D, 1, count, D, BD),
+                                  n_t, S * P_WIN, D, BD)
+                    _store_pooled(scr_v + RB_UP * D, w,
+                                  _load_chunk(scr_v + RB * D, rows, D, 1, count, D, BD),
+                                  n_t, S * P_WIN, D, BD)
+                tl.debug_barrier()
+
+            # (B) top-down attention on pooled levels L..2, accumulating Z in scratch.
+            for step in tl.static_range(LEVELS - 1):
+                lvl: tl.constexpr = LEVELS - step
+                S: tl.constexpr = P_WIN ** (lvl - 1)
+                RB: tl.constexpr = (TILE - TILE // P_WIN ** (lvl - 2)) // (P_WIN - 1)
+                RB_UP: tl.constexpr = (TILE - TILE // P_WIN ** (lvl - 1)) // (P_WIN - 1)
+                for w0 in range(0, tl.cdiv(n_t, S * P_WIN), BW):
+                    w, rows, count = _level_rows(w0, n_t, S, P_WIN, BW, BP)
+                    inv = (1.0 / tl.maximum(count, 1).to(tl.float32))[:, :, None]
+                    q3 = _load_chunk(scr_q + RB * D, rows, D, 1, count, D, BD) * inv
+                    k3 = _load_chunk(scr_k + RB * D, rows, D, 1, count, D, BD) * inv
+                    v3 = _load_chunk(scr_v + RB * D, rows, D, 1, count, D, BD) * inv
+                    y, m, l = _window_softmax(q3, k3, v3, w, n_t, S, scale, P_WIN, BW, BP, BD)
+                    z = tl.where(count[:, :, None] > 0, _gelu(y), 0.0)
+                    if lvl < LEVELS:
+                        z += _load_parent(scr_z + RB_UP * D, w, n_t, S * P_WIN, D, BD)[:, None, :]
+                    _store_chunk(scr_z + RB * D, rows, D, 1, z, count > 0, D, BD)
+                tl.debug_barrier()
+
+        # Level 1 on the raw frames; writes every frame of the tile below T once (0 for padding).
+        o_base = out_ptr + b * sob + h * soh + t0.to(tl.int64) * sot
+        n_frames = tl.minimum(T - t0, TILE)
+        for w0 in range(0, tl.cdiv(n_frames, P_WIN), BW):
+            w, rows, count = _level_rows(w0, n_t, 1, P_WIN, BW, BP)
+            q3 = _load_chunk(q_base, rows, sqt, sqd, count, D, BD)
+            k3 = _load_chunk(k_base, rows, skt, skd, count, D, BD)
+            v3 = _load_chunk(v_base, rows, svt, svd, count, D, BD)
+            y, m, l = _window_softmax(q3, k3, v3, w, n_t, 1, scale, P_WIN, BW, BP, BD)
+            z = _gelu(y)
+            if LEVELS > 1:
+                z += _load_parent(scr_z, w, n_t, P_WIN, D, BD)[:, None, :]
+            z = tl.where(count[:, :, None] > 0, z, 0.0)
+            in_seq = (tl.arange(0, BP)[None, :] < P_WIN) & (rows < n_frames)
+            _store_chunk(o_base, rows, sot, sod, z, in_seq, D, BD)
+        tl.debug_barrier()  # the next tile reuses this program's scratch
