@@ -94,7 +94,7 @@ def fractal_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     cfg = launch_config(p, levels, D, "fwd")
     n_tiles = triton.cdiv(T, cfg.tile)
     total_tiles = B * H * n_tiles
-    per_program = FWD_REGIONS * cfg.n_rows * D
+    per_program = FWD_REGIONS.value * cfg.n_rows * D
     n_programs = _num_programs(total_tiles, per_program * 4, q.device, "fwd")
     scratch = _scratch(n_programs, per_program, q.device)
     lengths_ptr, has_lengths = _lengths_arg(lengths, q)
@@ -115,7 +115,7 @@ def fractal_attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
     cfg = launch_config(p, levels, D, "bwd")
     n_tiles = triton.cdiv(T, cfg.tile)
     total_tiles = B * H * n_tiles
-    per_program = BWD_REGIONS * cfg.n_rows * D
+    per_program = BWD_REGIONS.value * cfg.n_rows * D
     n_programs = _num_programs(total_tiles, per_program * 4, q.device, "bwd")
     scratch = _scratch(n_programs, per_program, q.device)
     lengths_ptr, has_lengths = _lengths_arg(lengths, q)

@@ -12,10 +12,10 @@ import triton
 import triton.language as tl
 
 from .triton_fractal_common import (_gelu_grad, _level_rows, _load_chunk, _load_parent,
-                                    _store_chunk, _store_pooled, _take, _tile_coords,
+                                    _pool_level, _store_chunk, _store_pooled, _take, _tile_coords,
                                     _window_softmax)
 
-BWD_REGIONS = 7  # scratch regions: pooled q, k, v, dout sums; top-down sums of dq, dk, dv
+BWD_REGIONS = tl.constexpr(7)  # scratch regions: pooled q, k, v, dout sums; top-down sums of dq, dk, dv
 
 
 @triton.jit
@@ -44,6 +44,36 @@ def _window_softmax_bwd(q3, k3, v3, g3, w, n_t, S, scale, P_WIN: tl.constexpr,
         dk = tl.where(sel == i, tl.sum(ds[:, :, None] * q3, axis=1)[:, None, :], dk)
         dv = tl.where(sel == i, tl.sum(prob[:, :, None] * dy, axis=1)[:, None, :], dv)
     return dq, dk, dv
+
+
+@triton.jit
+def _bwd_level(scr_q, scr_k, scr_v, scr_g, scr_aq, scr_ak, scr_av, n_t, D, scale,
+               LVL: tl.constexpr, LEVELS: tl.constexpr, P_WIN: tl.constexpr,
+               TILE: tl.constexpr, BW: tl.constexpr, BP: tl.constexpr, BD: tl.constexpr):
+    """Gradients of pooled level LVL >= 2 as per-frame shares, plus the levels above:
+    stores A_LVL = share_LVL + A_{LVL+1}[parent] for q, k and v."""
+    S: tl.constexpr = P_WIN ** (LVL - 1)
+    RB: tl.constexpr = (TILE - TILE // P_WIN ** (LVL - 2)) // (P_WIN - 1)  # first row of LVL
+    RB_UP: tl.constexpr = (TILE - TILE // S) // (P_WIN - 1)  # first row of LVL + 1
+    for w0 in range(0, tl.cdiv(n_t, S * P_WIN), BW):
+        w, rows, count = _level_rows(w0, n_t, S, P_WIN, BW, BP)
+        inv = (1.0 / tl.maximum(count, 1).to(tl.float32))[:, :, None]
+        q3 = _load_chunk(scr_q + RB * D, rows, D, 1, count, D, BD) * inv
+        k3 = _load_chunk(scr_k + RB * D, rows, D, 1, count, D, BD) * inv
+        v3 = _load_chunk(scr_v + RB * D, rows, D, 1, count, D, BD) * inv
+        g3 = _load_chunk(scr_g + RB * D, rows, D, 1, count, D, BD)
+        dq, dk, dv = _window_softmax_bwd(q3, k3, v3, g3, w, n_t, S, scale, P_WIN, BW, BP, BD)
+        # d(mean)/d(frame) = 1 / count: each frame's share of the row's gradient.
+        dq *= inv
+        dk *= inv
+        dv *= inv
+        if LVL < LEVELS:
+            dq += _load_parent(scr_aq + RB_UP * D, w, n_t, S * P_WIN, D, BD)[:, None, :]
+            dk += _load_parent(scr_ak + RB_UP * D, w, n_t, S * P_WIN, D, BD)[:, None, :]
+            dv += _load_parent(scr_av + RB_UP * D, w, n_t, S * P_WIN, D, BD)[:, None, :]
+        _store_chunk(scr_aq + RB * D, rows, D, 1, dq, count > 0, D, BD)
+        _store_chunk(scr_ak + RB * D, rows, D, 1, dk, count > 0, D, BD)
+        _store_chunk(scr_av + RB * D, rows, D, 1, dv, count > 0, D, BD)
 
 
 @triton.jit
@@ -86,51 +116,15 @@ def fractal_bwd_kernel(
                               n_t, P_WIN, D, BD)
             tl.debug_barrier()
             for lvl in tl.static_range(2, LEVELS):
-                S: tl.constexpr = P_WIN ** (lvl - 1)
-                RB: tl.constexpr = (TILE - TILE // P_WIN ** (lvl - 2)) // (P_WIN - 1)
-                RB_UP: tl.constexpr = (TILE - TILE // P_WIN ** (lvl - 1)) // (P_WIN - 1)
-                for w0 in range(0, tl.cdiv(n_t, S * P_WIN), BW):
-                    w, rows, count = _level_rows(w0, n_t, S, P_WIN, BW, BP)
-                    _store_pooled(scr_q + RB_UP * D, w,
-                                  _load_chunk(scr_q + RB * D, rows, D, 1, count, D, BD),
-                                  n_t, S * P_WIN, D, BD)
-                    _store_pooled(scr_k + RB_UP * D, w,
-                                  _load_chunk(scr_k + RB * D, rows, D, 1, count, D, BD),
-                                  n_t, S * P_WIN, D, BD)
-                    _store_pooled(scr_v + RB_UP * D, w,
-                                  _load_chunk(scr_v + RB * D, rows, D, 1, count, D, BD),
-                                  n_t, S * P_WIN, D, BD)
-                    _store_pooled(scr_g + RB_UP * D, w,
-                                  _load_chunk(scr_g + RB * D, rows, D, 1, count, D, BD),
-                                  n_t, S * P_WIN, D, BD)
+                _pool_level(scr_q, n_t, D, lvl, P_WIN, TILE, BW, BP, BD)
+                _pool_level(scr_k, n_t, D, lvl, P_WIN, TILE, BW, BP, BD)
+                _pool_level(scr_v, n_t, D, lvl, P_WIN, TILE, BW, BP, BD)
+                _pool_level(scr_g, n_t, D, lvl, P_WIN, TILE, BW, BP, BD)
                 tl.debug_barrier()
-
             # (B) top-down: each pooled level's gradients, accumulated per row in scratch.
-            for step in tl.static_range(LEVELS - 1):
-                lvl: tl.constexpr = LEVELS - step
-                S: tl.constexpr = P_WIN ** (lvl - 1)
-                RB: tl.constexpr = (TILE - TILE // P_WIN ** (lvl - 2)) // (P_WIN - 1)
-                RB_UP: tl.constexpr = (TILE - TILE // P_WIN ** (lvl - 1)) // (P_WIN - 1)
-                for w0 in range(0, tl.cdiv(n_t, S * P_WIN), BW):
-                    w, rows, count = _level_rows(w0, n_t, S, P_WIN, BW, BP)
-                    inv = (1.0 / tl.maximum(count, 1).to(tl.float32))[:, :, None]
-                    q3 = _load_chunk(scr_q + RB * D, rows, D, 1, count, D, BD) * inv
-                    k3 = _load_chunk(scr_k + RB * D, rows, D, 1, count, D, BD) * inv
-                    v3 = _load_chunk(scr_v + RB * D, rows, D, 1, count, D, BD) * inv
-                    g3 = _load_chunk(scr_g + RB * D, rows, D, 1, count, D, BD)
-                    dq, dk, dv = _window_softmax_bwd(q3, k3, v3, g3, w, n_t, S, scale,
-                                                     P_WIN, BW, BP, BD)
-                    # d(mean)/d(frame) = 1 / count: each frame's share of the row's gradient.
-                    dq *= inv
-                    dk *= inv
-                    dv *= inv
-                    if lvl < LEVELS:
-                        dq += _load_parent(scr_aq + RB_UP * D, w, n_t, S * P_WIN, D, BD)[:, None, :]
-                        dk += _load_parent(scr_ak + RB_UP * D, w, n_t, S * P_WIN, D, BD)[:, None, :]
-                        dv += _load_parent(scr_av + RB_UP * D, w, n_t, S * P_WIN, D, BD)[:, None, :]
-                    _store_chunk(scr_aq + RB * D, rows, D, 1, dq, count > 0, D, BD)
-                    _store_chunk(scr_ak + RB * D, rows, D, 1, dk, count > 0, D, BD)
-                    _store_chunk(scr_av + RB * D, rows, D, 1, dv, count > 0, D, BD)
+            for lvl in tl.static_range(LEVELS, 1, -1):
+                _bwd_level(scr_q, scr_k, scr_v, scr_g, scr_aq, scr_ak, scr_av, n_t, D, scale,
+                           lvl, LEVELS, P_WIN, TILE, BW, BP, BD)
                 tl.debug_barrier()
 
         # Level 1 on the raw frames; writes every frame of the tile below T once (0 for padding).

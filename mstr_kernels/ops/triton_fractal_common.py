@@ -11,8 +11,8 @@ level to level. Sums and valid-frame counts (not means) travel, so tail groups s
 import triton
 import triton.language as tl
 
-INV_SQRT2 = 0.7071067811865476
-INV_SQRT_2PI = 0.3989422804014327
+INV_SQRT2 = tl.constexpr(0.7071067811865476)
+INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
 
 
 @triton.jit
@@ -122,3 +122,16 @@ def _tile_coords(tile_id, H, n_tiles, T, lengths_ptr, HAS_LENGTHS: tl.constexpr,
     t0 = tile * TILE
     n_t = tl.minimum(tl.maximum(n - t0, 0), TILE)
     return b.to(tl.int64), h.to(tl.int64), t0, n_t
+
+
+@triton.jit
+def _pool_level(scr, n_t, D, LVL: tl.constexpr, P_WIN: tl.constexpr, TILE: tl.constexpr,
+                BW: tl.constexpr, BP: tl.constexpr, BD: tl.constexpr):
+    """Level LVL+1's pooled sums (scratch rows) from level LVL's (2 <= LVL)."""
+    S: tl.constexpr = P_WIN ** (LVL - 1)
+    RB: tl.constexpr = (TILE - TILE // P_WIN ** (LVL - 2)) // (P_WIN - 1)  # first row of LVL
+    RB_UP: tl.constexpr = (TILE - TILE // S) // (P_WIN - 1)  # first row of LVL + 1
+    for w0 in range(0, tl.cdiv(n_t, S * P_WIN), BW):
+        w, rows, count = _level_rows(w0, n_t, S, P_WIN, BW, BP)
+        _store_pooled(scr + RB_UP * D, w, _load_chunk(scr + RB * D, rows, D, 1, count, D, BD),
+                      n_t, S * P_WIN, D, BD)

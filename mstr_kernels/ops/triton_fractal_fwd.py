@@ -8,10 +8,31 @@ each frame's parent and writes out[t] = sum over levels of GELU(Y_l[t // S_l]).
 import triton
 import triton.language as tl
 
-from .triton_fractal_common import (_gelu, _level_rows, _load_chunk, _load_parent, _store_chunk,
-                                    _store_pooled, _tile_coords, _window_softmax)
+from .triton_fractal_common import (_gelu, _level_rows, _load_chunk, _load_parent, _pool_level,
+                                    _store_chunk, _store_pooled, _tile_coords, _window_softmax)
 
-FWD_REGIONS = 4  # scratch regions: pooled q, k, v sums and the top-down sum Z
+FWD_REGIONS = tl.constexpr(4)  # scratch regions: pooled q, k, v sums and the top-down sum Z
+
+
+@triton.jit
+def _fwd_level(scr_q, scr_k, scr_v, scr_z, n_t, D, scale, LVL: tl.constexpr,
+               LEVELS: tl.constexpr, P_WIN: tl.constexpr, TILE: tl.constexpr,
+               BW: tl.constexpr, BP: tl.constexpr, BD: tl.constexpr):
+    """Attention of pooled level LVL >= 2; stores Z_LVL = GELU(Y_LVL) + Z_{LVL+1}[parent]."""
+    S: tl.constexpr = P_WIN ** (LVL - 1)
+    RB: tl.constexpr = (TILE - TILE // P_WIN ** (LVL - 2)) // (P_WIN - 1)  # first row of LVL
+    RB_UP: tl.constexpr = (TILE - TILE // S) // (P_WIN - 1)  # first row of LVL + 1
+    for w0 in range(0, tl.cdiv(n_t, S * P_WIN), BW):
+        w, rows, count = _level_rows(w0, n_t, S, P_WIN, BW, BP)
+        inv = (1.0 / tl.maximum(count, 1).to(tl.float32))[:, :, None]
+        q3 = _load_chunk(scr_q + RB * D, rows, D, 1, count, D, BD) * inv
+        k3 = _load_chunk(scr_k + RB * D, rows, D, 1, count, D, BD) * inv
+        v3 = _load_chunk(scr_v + RB * D, rows, D, 1, count, D, BD) * inv
+        y, m, l = _window_softmax(q3, k3, v3, w, n_t, S, scale, P_WIN, BW, BP, BD)
+        z = tl.where(count[:, :, None] > 0, _gelu(y), 0.0)
+        if LVL < LEVELS:
+            z += _load_parent(scr_z + RB_UP * D, w, n_t, S * P_WIN, D, BD)[:, None, :]
+        _store_chunk(scr_z + RB * D, rows, D, 1, z, count > 0, D, BD)
 
 
 @triton.jit
@@ -35,8 +56,8 @@ def fractal_fwd_kernel(
         k_base = k_ptr + b * skb + h * skh + t0.to(tl.int64) * skt
         v_base = v_ptr + b * svb + h * svh + t0.to(tl.int64) * svt
 
-        # (A) bottom-up pooling: level 1 (raw frames) -> level 2 sums -> ... -> level L sums.
         if LEVELS > 1:
+            # (A) bottom-up pooling: raw frames -> level 2 sums -> ... -> level L sums.
             for w0 in range(0, tl.cdiv(n_t, P_WIN), BW):
                 w, rows, count = _level_rows(w0, n_t, 1, P_WIN, BW, BP)
                 _store_pooled(scr_q, w, _load_chunk(q_base, rows, sqt, sqd, count, D, BD),
@@ -47,39 +68,14 @@ def fractal_fwd_kernel(
                               n_t, P_WIN, D, BD)
             tl.debug_barrier()
             for lvl in tl.static_range(2, LEVELS):
-                S: tl.constexpr = P_WIN ** (lvl - 1)
-                RB: tl.constexpr = (TILE - TILE // P_WIN ** (lvl - 2)) // (P_WIN - 1)
-                RB_UP: tl.constexpr = (TILE - TILE // P_WIN ** (lvl - 1)) // (P_WIN - 1)
-                for w0 in range(0, tl.cdiv(n_t, S * P_WIN), BW):
-                    w, rows, count = _level_rows(w0, n_t, S, P_WIN, BW, BP)
-                    _store_pooled(scr_q + RB_UP * D, w,
-                                  _load_chunk(scr_q + RB * D, rows, D, 1, count, D, BD),
-                                  n_t, S * P_WIN, D, BD)
-                    _store_pooled(scr_k + RB_UP * D, w,
-                                  _load_chunk(scr_k + RB * D, rows, D, 1, count, D, BD),
-                                  n_t, S * P_WIN, D, BD)
-                    _store_pooled(scr_v + RB_UP * D, w,
-                                  _load_chunk(scr_v + RB * D, rows, D, 1, count, D, BD),
-                                  n_t, S * P_WIN, D, BD)
+                _pool_level(scr_q, n_t, D, lvl, P_WIN, TILE, BW, BP, BD)
+                _pool_level(scr_k, n_t, D, lvl, P_WIN, TILE, BW, BP, BD)
+                _pool_level(scr_v, n_t, D, lvl, P_WIN, TILE, BW, BP, BD)
                 tl.debug_barrier()
-
             # (B) top-down attention on pooled levels L..2, accumulating Z in scratch.
-            for step in tl.static_range(LEVELS - 1):
-                lvl: tl.constexpr = LEVELS - step
-                S: tl.constexpr = P_WIN ** (lvl - 1)
-                RB: tl.constexpr = (TILE - TILE // P_WIN ** (lvl - 2)) // (P_WIN - 1)
-                RB_UP: tl.constexpr = (TILE - TILE // P_WIN ** (lvl - 1)) // (P_WIN - 1)
-                for w0 in range(0, tl.cdiv(n_t, S * P_WIN), BW):
-                    w, rows, count = _level_rows(w0, n_t, S, P_WIN, BW, BP)
-                    inv = (1.0 / tl.maximum(count, 1).to(tl.float32))[:, :, None]
-                    q3 = _load_chunk(scr_q + RB * D, rows, D, 1, count, D, BD) * inv
-                    k3 = _load_chunk(scr_k + RB * D, rows, D, 1, count, D, BD) * inv
-                    v3 = _load_chunk(scr_v + RB * D, rows, D, 1, count, D, BD) * inv
-                    y, m, l = _window_softmax(q3, k3, v3, w, n_t, S, scale, P_WIN, BW, BP, BD)
-                    z = tl.where(count[:, :, None] > 0, _gelu(y), 0.0)
-                    if lvl < LEVELS:
-                        z += _load_parent(scr_z + RB_UP * D, w, n_t, S * P_WIN, D, BD)[:, None, :]
-                    _store_chunk(scr_z + RB * D, rows, D, 1, z, count > 0, D, BD)
+            for lvl in tl.static_range(LEVELS, 1, -1):
+                _fwd_level(scr_q, scr_k, scr_v, scr_z, n_t, D, scale, lvl, LEVELS, P_WIN, TILE,
+                           BW, BP, BD)
                 tl.debug_barrier()
 
         # Level 1 on the raw frames; writes every frame of the tile below T once (0 for padding).

@@ -1,0 +1,120 @@
+"""Static report of the Triton kernels: compile for sm_90 and sm_80 without a GPU and print
+registers, spills and shared memory per configuration.
+
+    python benchmarks/triton_static_report.py [--arch 90 80] [--quick]
+
+Triton compiles to PTX for an explicit GPUTarget (no driver needed); ptxas (bundled with Triton)
+then reports registers and spill bytes with -v. Exit status 1 if a required configuration
+(bfloat16, D=64, p=3, levels=4) spills or a configuration fails to compile.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.backends.nvidia.compiler import get_ptxas  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from mstr_kernels.ops.triton_fractal import launch_config  # noqa: E402
+from mstr_kernels.ops.triton_fractal_bwd import fractal_bwd_kernel  # noqa: E402
+from mstr_kernels.ops.triton_fractal_fwd import fractal_fwd_kernel  # noqa: E402
+
+DTYPES = {"bf16": "*bf16", "fp16": "*fp16", "fp32": "*fp32"}
+# (dtype, p, levels, D): the benchmark shape first (it must not spill), then the SPEC's corners.
+CONFIGS = [("bf16", 3, 4, 64), ("fp16", 3, 4, 64), ("fp32", 3, 4, 64), ("bf16", 3, 4, 80),
+           ("bf16", 2, 10, 64), ("bf16", 8, 3, 64), ("bf16", 5, 4, 24), ("bf16", 3, 4, 128),
+           ("bf16", 3, 4, 256), ("bf16", 8, 3, 256), ("fp32", 7, 2, 5), ("bf16", 4, 5, 1)]
+QUICK = CONFIGS[:2]
+REQUIRED = ("bf16", 3, 4, 64)
+
+
+def _signature(kernel, dtype: str, has_lengths: bool, cfg, p: int, levels: int):
+    constexprs = {"HAS_LENGTHS": has_lengths, "P_WIN": p, "LEVELS": levels, "TILE": cfg.tile,
+                  "N_ROWS": cfg.n_rows, "BW": cfg.block_w, "BP": cfg.block_p,
+                  "BD": cfg.block_d}
+    signature = {}
+    for name in kernel.arg_names:
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name == "lengths_ptr":
+            signature[name] = "*i32"
+        elif name == "scratch_ptr":
+            signature[name] = "*fp32"
+        elif name.endswith("_ptr"):
+            signature[name] = DTYPES[dtype]
+        elif name == "scale":
+            signature[name] = "fp32"
+        else:
+            signature[name] = "i64" if name[0] == "s" and len(name) == 4 else "i32"
+    return signature, constexprs
+
+
+def ptxas_usage(ptx: str, arch: int):
+    """(registers, spill store bytes, spill load bytes) from `ptxas -v` on the PTX."""
+    ptxas = get_ptxas(arch).path
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "k.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        sm = f"sm_{arch}a" if arch == 90 else f"sm_{arch}"
+        res = subprocess.run([ptxas, "-v", f"--gpu-name={sm}", src, "-o",
+                              os.path.join(tmp, "k.cubin")], capture_output=True, text=True)
+    text = res.stdout + res.stderr
+    if res.returncode != 0:
+        raise RuntimeError(text)
+    regs = int(re.search(r"Used (\d+) registers", text).group(1))
+    stores, loads = (int(x) for x in re.search(
+        r"(\d+) bytes spill stores, (\d+) bytes spill loads", text).groups())
+    return regs, stores, loads
+
+
+def report(arch: int, dtype: str, p: int, levels: int, D: int, kind: str):
+    kernel = fractal_fwd_kernel if kind == "fwd" else fractal_bwd_kernel
+    cfg = launch_config(p, levels, D, kind)
+    signature, constexprs = _signature(kernel, dtype, True, cfg, p, levels)
+    src = ASTSource(kernel, signature, constexprs)
+    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                              options={"num_warps": cfg.num_warps})
+    regs, spill_st, spill_ld = ptxas_usage(compiled.asm["ptx"], arch)
+    return cfg, regs, spill_st, spill_ld, compiled.metadata.shared
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", type=int, nargs="+", default=[90, 80])
+    parser.add_argument("--quick", action="store_true", help="only the benchmark shape")
+    args = parser.parse_args(argv)
+    failed = False
+    print(f"triton {triton.__version__}")
+    print(f"{'arch':>5} {'kernel':>6} {'dtype':>5} {'p':>2} {'lv':>3} {'D':>4} | {'BW':>3} {'BP':>3} "
+          f"{'BD':>4} {'warps':>5} | {'regs':>4} {'spill st/ld B':>13} {'smem B':>7}")
+    for arch in args.arch:
+        for dtype, p, levels, D in (QUICK if args.quick else CONFIGS):
+            for kind in ("fwd", "bwd"):
+                try:
+                    cfg, regs, st, ld, smem = report(arch, dtype, p, levels, D, kind)
+                except Exception as e:  # a compile failure is a finding, reported per row
+                    print(f"{arch:>5} {kind:>6} {dtype:>5} {p:>2} {levels:>3} {D:>4} | "
+                          f"COMPILE FAILED: {type(e).__name__}: {str(e)[:300]}")
+                    failed = True
+                    continue
+                flag = ""
+                if (dtype, p, levels, D) == REQUIRED and (st or ld):
+                    flag = "  <- required config spills"
+                    failed = True
+                print(f"{arch:>5} {kind:>6} {dtype:>5} {p:>2} {levels:>3} {D:>4} | "
+                      f"{cfg.block_w:>3} {cfg.block_p:>3} {cfg.block_d:>4} {cfg.num_warps:>5} | "
+                      f"{regs:>4} {f'{st}/{ld}':>13} {smem:>7}{flag}", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
