@@ -36,25 +36,44 @@ QUICK = CONFIGS[:2]
 REQUIRED = ("bf16", 3, 4, 64)
 
 
-def _signature(kernel, dtype: str, has_lengths: bool, cfg, p: int, levels: int):
+def _launch_values(kernel, D: int):
+    """The runtime integer arguments of a real launch at the benchmark layout: q, k, v views of
+    a (B, T, 3, H, D) projection, dout and outputs laid out as (B, T, H, D)."""
+    B, T, H = 32, 4096, 16
+    view = {"b": T * 3 * H * D, "h": D, "t": 3 * H * D, "d": 1}
+    dense = {"b": T * H * D, "h": D, "t": H * D, "d": 1}
+    values = {"H": H, "T": T, "D": D, "n_tiles": 51, "total_tiles": B * H * 51}
+    for name in kernel.arg_names:
+        if len(name) == 3 and name[0] == "s" and name[2] in "bhtd":
+            values[name] = (view if name[1] in "qkv" else dense)[name[2]]
+    return values
+
+
+def _signature(kernel, dtype: str, has_lengths: bool, cfg, p: int, levels: int, D: int):
+    """Signature, constexprs and attributes as the JIT specializes a real launch: integer
+    arguments equal to 1 become constants, multiples of 16 and pointers carry divisibility 16."""
     constexprs = {"HAS_LENGTHS": has_lengths, "P_WIN": p, "LEVELS": levels, "TILE": cfg.tile,
                   "N_ROWS": cfg.n_rows, "BW": cfg.block_w, "BP": cfg.block_p,
                   "BD": cfg.block_d}
-    signature = {}
-    for name in kernel.arg_names:
+    values = _launch_values(kernel, D)
+    signature, attrs = {}, {}
+    for i, name in enumerate(kernel.arg_names):
         if name in constexprs:
             signature[name] = "constexpr"
-        elif name == "lengths_ptr":
-            signature[name] = "*i32"
-        elif name == "scratch_ptr":
-            signature[name] = "*fp32"
         elif name.endswith("_ptr"):
-            signature[name] = DTYPES[dtype]
+            signature[name] = {"lengths_ptr": "*i32", "scratch_ptr": "*fp32"}.get(
+                name, DTYPES[dtype])
+            attrs[(i,)] = [["tt.divisibility", 16]]
         elif name == "scale":
             signature[name] = "fp32"
+        elif values[name] == 1:
+            signature[name] = "constexpr"
+            constexprs[name] = 1
         else:
-            signature[name] = "i64" if name[0] == "s" and len(name) == 4 else "i32"
-    return signature, constexprs
+            signature[name] = "i32" if values[name] < 2 ** 31 else "i64"
+            if values[name] % 16 == 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    return signature, constexprs, attrs
 
 
 def ptxas_usage(ptx: str, arch: int):
@@ -79,8 +98,8 @@ def ptxas_usage(ptx: str, arch: int):
 def report(arch: int, dtype: str, p: int, levels: int, D: int, kind: str):
     kernel = fractal_fwd_kernel if kind == "fwd" else fractal_bwd_kernel
     cfg = launch_config(p, levels, D, kind)
-    signature, constexprs = _signature(kernel, dtype, True, cfg, p, levels)
-    src = ASTSource(kernel, signature, constexprs)
+    signature, constexprs, attrs = _signature(kernel, dtype, True, cfg, p, levels, D)
+    src = ASTSource(kernel, signature, constexprs, attrs)
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                               options={"num_warps": cfg.num_warps})
     regs, spill_st, spill_ld = ptxas_usage(compiled.asm["ptx"], arch)

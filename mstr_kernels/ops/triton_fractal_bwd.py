@@ -48,13 +48,10 @@ def _window_softmax_bwd(q3, k3, v3, g3, w, n_t, S, scale, P_WIN: tl.constexpr,
 
 @triton.jit
 def _bwd_level(scr_q, scr_k, scr_v, scr_g, scr_aq, scr_ak, scr_av, n_t, D, scale,
-               LVL: tl.constexpr, LEVELS: tl.constexpr, P_WIN: tl.constexpr,
-               TILE: tl.constexpr, BW: tl.constexpr, BP: tl.constexpr, BD: tl.constexpr):
-    """Gradients of pooled level LVL >= 2 as per-frame shares, plus the levels above:
-    stores A_LVL = share_LVL + A_{LVL+1}[parent] for q, k and v."""
-    S: tl.constexpr = P_WIN ** (LVL - 1)
-    RB: tl.constexpr = (TILE - TILE // P_WIN ** (LVL - 2)) // (P_WIN - 1)  # first row of LVL
-    RB_UP: tl.constexpr = (TILE - TILE // S) // (P_WIN - 1)  # first row of LVL + 1
+               S, RB, RB_UP, n_parent, P_WIN: tl.constexpr, BW: tl.constexpr, BP: tl.constexpr, BD: tl.constexpr):
+    """Gradients of a pooled level (pooling size S, first scratch row RB) as per-frame shares,
+    plus the levels above: stores A = share + A[parent] for q, k and v (parent rows from RB_UP;
+    none where n_parent is 0)."""
     for w0 in range(0, tl.cdiv(n_t, S * P_WIN), BW):
         w, rows, count = _level_rows(w0, n_t, S, P_WIN, BW, BP)
         inv = (1.0 / tl.maximum(count, 1).to(tl.float32))[:, :, None]
@@ -67,10 +64,9 @@ def _bwd_level(scr_q, scr_k, scr_v, scr_g, scr_aq, scr_ak, scr_av, n_t, D, scale
         dq *= inv
         dk *= inv
         dv *= inv
-        if LVL < LEVELS:
-            dq += _load_parent(scr_aq + RB_UP * D, w, n_t, S * P_WIN, D, BD)[:, None, :]
-            dk += _load_parent(scr_ak + RB_UP * D, w, n_t, S * P_WIN, D, BD)[:, None, :]
-            dv += _load_parent(scr_av + RB_UP * D, w, n_t, S * P_WIN, D, BD)[:, None, :]
+        dq += _load_parent(scr_aq + RB_UP * D, w, n_parent, S * P_WIN, D, BD)[:, None, :]
+        dk += _load_parent(scr_ak + RB_UP * D, w, n_parent, S * P_WIN, D, BD)[:, None, :]
+        dv += _load_parent(scr_av + RB_UP * D, w, n_parent, S * P_WIN, D, BD)[:, None, :]
         _store_chunk(scr_aq + RB * D, rows, D, 1, dq, count > 0, D, BD)
         _store_chunk(scr_ak + RB * D, rows, D, 1, dk, count > 0, D, BD)
         _store_chunk(scr_av + RB * D, rows, D, 1, dv, count > 0, D, BD)
@@ -115,17 +111,26 @@ def fractal_bwd_kernel(
                 _store_pooled(scr_g, w, _load_chunk(g_base, rows, sgt, sgd, count, D, BD),
                               n_t, P_WIN, D, BD)
             tl.debug_barrier()
-            for lvl in tl.static_range(2, LEVELS):
-                _pool_level(scr_q, n_t, D, lvl, P_WIN, TILE, BW, BP, BD)
-                _pool_level(scr_k, n_t, D, lvl, P_WIN, TILE, BW, BP, BD)
-                _pool_level(scr_v, n_t, D, lvl, P_WIN, TILE, BW, BP, BD)
-                _pool_level(scr_g, n_t, D, lvl, P_WIN, TILE, BW, BP, BD)
+            # Runtime loops over levels (not unrolled), as in the forward kernel.
+            S = tl.full([], P_WIN, tl.int32)
+            RB = tl.full([], 0, tl.int32)
+            for _ in range(LEVELS - 2):
+                R = TILE // S
+                _pool_level(scr_q, n_t, D, S, RB, RB + R, P_WIN, BW, BP, BD)
+                _pool_level(scr_k, n_t, D, S, RB, RB + R, P_WIN, BW, BP, BD)
+                _pool_level(scr_v, n_t, D, S, RB, RB + R, P_WIN, BW, BP, BD)
+                _pool_level(scr_g, n_t, D, S, RB, RB + R, P_WIN, BW, BP, BD)
                 tl.debug_barrier()
+                RB += R
+                S *= P_WIN
             # (B) top-down: each pooled level's gradients, accumulated per row in scratch.
-            for lvl in tl.static_range(LEVELS, 1, -1):
+            for step in range(LEVELS - 1):
+                n_parent = tl.where(step > 0, n_t, 0)  # the top level has no parent
                 _bwd_level(scr_q, scr_k, scr_v, scr_g, scr_aq, scr_ak, scr_av, n_t, D, scale,
-                           lvl, LEVELS, P_WIN, TILE, BW, BP, BD)
+                           S, RB, RB + TILE // S, n_parent, P_WIN, BW, BP, BD)
                 tl.debug_barrier()
+                S = S // P_WIN
+                RB -= TILE // S
 
         # Level 1 on the raw frames; writes every frame of the tile below T once (0 for padding).
         dq_base = dq_ptr + b * sob + h * soh + t0.to(tl.int64) * sot

@@ -125,12 +125,10 @@ def _tile_coords(tile_id, H, n_tiles, T, lengths_ptr, HAS_LENGTHS: tl.constexpr,
 
 
 @triton.jit
-def _pool_level(scr, n_t, D, LVL: tl.constexpr, P_WIN: tl.constexpr, TILE: tl.constexpr,
-                BW: tl.constexpr, BP: tl.constexpr, BD: tl.constexpr):
-    """Level LVL+1's pooled sums (scratch rows) from level LVL's (2 <= LVL)."""
-    S: tl.constexpr = P_WIN ** (LVL - 1)
-    RB: tl.constexpr = (TILE - TILE // P_WIN ** (LVL - 2)) // (P_WIN - 1)  # first row of LVL
-    RB_UP: tl.constexpr = (TILE - TILE // S) // (P_WIN - 1)  # first row of LVL + 1
+def _pool_level(scr, n_t, D, S, RB, RB_UP, P_WIN: tl.constexpr, BW: tl.constexpr,
+                BP: tl.constexpr, BD: tl.constexpr):
+    """The next level's pooled sums (rows from RB_UP) from the scratch rows of a level with
+    pooling size S (rows from RB)."""
     for w0 in range(0, tl.cdiv(n_t, S * P_WIN), BW):
         w, rows, count = _level_rows(w0, n_t, S, P_WIN, BW, BP)
         _store_pooled(scr + RB_UP * D, w, _load_chunk(scr + RB * D, rows, D, 1, count, D, BD),

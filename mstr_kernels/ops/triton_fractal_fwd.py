@@ -15,13 +15,10 @@ FWD_REGIONS = tl.constexpr(4)  # scratch regions: pooled q, k, v sums and the to
 
 
 @triton.jit
-def _fwd_level(scr_q, scr_k, scr_v, scr_z, n_t, D, scale, LVL: tl.constexpr,
-               LEVELS: tl.constexpr, P_WIN: tl.constexpr, TILE: tl.constexpr,
-               BW: tl.constexpr, BP: tl.constexpr, BD: tl.constexpr):
-    """Attention of pooled level LVL >= 2; stores Z_LVL = GELU(Y_LVL) + Z_{LVL+1}[parent]."""
-    S: tl.constexpr = P_WIN ** (LVL - 1)
-    RB: tl.constexpr = (TILE - TILE // P_WIN ** (LVL - 2)) // (P_WIN - 1)  # first row of LVL
-    RB_UP: tl.constexpr = (TILE - TILE // S) // (P_WIN - 1)  # first row of LVL + 1
+def _fwd_level(scr_q, scr_k, scr_v, scr_z, n_t, D, scale, S, RB, RB_UP, n_parent,
+               P_WIN: tl.constexpr, BW: tl.constexpr, BP: tl.constexpr, BD: tl.constexpr):
+    """Attention of a pooled level (pooling size S, first scratch row RB) storing
+    Z = GELU(Y) + Z[parent] (parent rows from RB_UP; none where n_parent is 0)."""
     for w0 in range(0, tl.cdiv(n_t, S * P_WIN), BW):
         w, rows, count = _level_rows(w0, n_t, S, P_WIN, BW, BP)
         inv = (1.0 / tl.maximum(count, 1).to(tl.float32))[:, :, None]
@@ -30,8 +27,7 @@ def _fwd_level(scr_q, scr_k, scr_v, scr_z, n_t, D, scale, LVL: tl.constexpr,
         v3 = _load_chunk(scr_v + RB * D, rows, D, 1, count, D, BD) * inv
         y, m, l = _window_softmax(q3, k3, v3, w, n_t, S, scale, P_WIN, BW, BP, BD)
         z = tl.where(count[:, :, None] > 0, _gelu(y), 0.0)
-        if LVL < LEVELS:
-            z += _load_parent(scr_z + RB_UP * D, w, n_t, S * P_WIN, D, BD)[:, None, :]
+        z += _load_parent(scr_z + RB_UP * D, w, n_parent, S * P_WIN, D, BD)[:, None, :]
         _store_chunk(scr_z + RB * D, rows, D, 1, z, count > 0, D, BD)
 
 
@@ -67,16 +63,26 @@ def fractal_fwd_kernel(
                 _store_pooled(scr_v, w, _load_chunk(v_base, rows, svt, svd, count, D, BD),
                               n_t, P_WIN, D, BD)
             tl.debug_barrier()
-            for lvl in tl.static_range(2, LEVELS):
-                _pool_level(scr_q, n_t, D, lvl, P_WIN, TILE, BW, BP, BD)
-                _pool_level(scr_k, n_t, D, lvl, P_WIN, TILE, BW, BP, BD)
-                _pool_level(scr_v, n_t, D, lvl, P_WIN, TILE, BW, BP, BD)
+            # Runtime loops over levels (not unrolled): one copy of the level code keeps
+            # registers low. S: pooling size of the level, RB: its first scratch row.
+            S = tl.full([], P_WIN, tl.int32)
+            RB = tl.full([], 0, tl.int32)
+            for _ in range(LEVELS - 2):
+                R = TILE // S
+                _pool_level(scr_q, n_t, D, S, RB, RB + R, P_WIN, BW, BP, BD)
+                _pool_level(scr_k, n_t, D, S, RB, RB + R, P_WIN, BW, BP, BD)
+                _pool_level(scr_v, n_t, D, S, RB, RB + R, P_WIN, BW, BP, BD)
                 tl.debug_barrier()
+                RB += R
+                S *= P_WIN
             # (B) top-down attention on pooled levels L..2, accumulating Z in scratch.
-            for lvl in tl.static_range(LEVELS, 1, -1):
-                _fwd_level(scr_q, scr_k, scr_v, scr_z, n_t, D, scale, lvl, LEVELS, P_WIN, TILE,
-                           BW, BP, BD)
+            for step in range(LEVELS - 1):
+                n_parent = tl.where(step > 0, n_t, 0)  # the top level has no parent
+                _fwd_level(scr_q, scr_k, scr_v, scr_z, n_t, D, scale, S, RB, RB + TILE // S,
+                           n_parent, P_WIN, BW, BP, BD)
                 tl.debug_barrier()
+                S = S // P_WIN
+                RB -= TILE // S
 
         # Level 1 on the raw frames; writes every frame of the tile below T once (0 for padding).
         o_base = out_ptr + b * sob + h * soh + t0.to(tl.int64) * sot
