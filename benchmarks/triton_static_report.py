@@ -23,7 +23,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.backends.nvidia.compiler import get_ptxas  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from mstr_kernels.ops.triton_fractal import launch_config  # noqa: E402
+from mstr_kernels.ops.triton_fractal import _meta, launch_config  # noqa: E402
 from mstr_kernels.ops.triton_fractal_bwd import fractal_bwd_kernel  # noqa: E402
 from mstr_kernels.ops.triton_fractal_fwd import fractal_fwd_kernel  # noqa: E402
 
@@ -52,9 +52,8 @@ def _launch_values(kernel, D: int):
 def _signature(kernel, dtype: str, has_lengths: bool, cfg, p: int, levels: int, D: int):
     """Signature, constexprs and attributes as the JIT specializes a real launch: integer
     arguments equal to 1 become constants, multiples of 16 and pointers carry divisibility 16."""
-    constexprs = {"HAS_LENGTHS": has_lengths, "P_WIN": p, "LEVELS": levels, "TILE": cfg.tile,
-                  "N_ROWS": cfg.n_rows, "BW": cfg.block_w, "BP": cfg.block_p,
-                  "BD": cfg.block_d}
+    constexprs = {k: v for k, v in _meta(cfg, p, levels, has_lengths).items()
+                  if k not in ("num_warps", "maxnreg")}
     values = _launch_values(kernel, D)
     signature, attrs = {}, {}
     for i, name in enumerate(kernel.arg_names):
@@ -100,8 +99,11 @@ def report(arch: int, dtype: str, p: int, levels: int, D: int, kind: str):
     cfg = launch_config(p, levels, D, kind)
     signature, constexprs, attrs = _signature(kernel, dtype, True, cfg, p, levels, D)
     src = ASTSource(kernel, signature, constexprs, attrs)
+    options = {"num_warps": cfg.num_warps}
+    if cfg.maxnreg:
+        options["maxnreg"] = cfg.maxnreg
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                              options={"num_warps": cfg.num_warps})
+                              options=options)
     regs, spill_st, spill_ld = ptxas_usage(compiled.asm["ptx"], arch)
     return cfg, regs, spill_st, spill_ld, compiled.metadata.shared
 
@@ -113,8 +115,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     failed = False
     print(f"triton {triton.__version__}")
-    print(f"{'arch':>5} {'kernel':>6} {'dtype':>5} {'p':>2} {'lv':>3} {'D':>4} | {'BW':>3} {'BP':>3} "
-          f"{'BD':>4} {'warps':>5} | {'regs':>4} {'spill st/ld B':>13} {'smem B':>7}")
+    print(f"{'arch':>5} {'kernel':>6} {'dtype':>5} {'p':>2} {'lv':>3} {'D':>4} | {'BW':>3} {'BWp':>3} {'BP':>3} "
+          f"{'BD':>4} {'warps':>5} {'cap':>4} | {'regs':>4} {'spill st/ld B':>13} {'smem B':>7}")
     for arch in args.arch:
         for dtype, p, levels, D in (QUICK if args.quick else CONFIGS):
             for kind in ("fwd", "bwd"):
@@ -130,7 +132,8 @@ def main(argv=None) -> int:
                     flag = "  <- required config spills"
                     failed = True
                 print(f"{arch:>5} {kind:>6} {dtype:>5} {p:>2} {levels:>3} {D:>4} | "
-                      f"{cfg.block_w:>3} {cfg.block_p:>3} {cfg.block_d:>4} {cfg.num_warps:>5} | "
+                      f"{cfg.block_w:>3} {cfg.block_w_pool:>3} {cfg.block_p:>3} {cfg.block_d:>4} "
+                      f"{cfg.num_warps:>5} {cfg.maxnreg or '-':>4} | "
                       f"{regs:>4} {f'{st}/{ld}':>13} {smem:>7}{flag}", flush=True)
     return 1 if failed else 0
 

@@ -23,50 +23,110 @@ from .triton_fractal_bwd import BWD_REGIONS, fractal_bwd_kernel
 from .triton_fractal_fwd import FWD_REGIONS, fractal_fwd_kernel
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-# Programs per SM of the persistent grid (registers and scratch in L2 bound how many fit).
-PROGRAMS_PER_SM = {"fwd": 4, "bwd": 4}
 # Under the interpreter programs run one after another: a few exercise the persistent loop.
 INTERPRET_PROGRAMS = 3
-# Elements of one [BW, BP, BD] chunk tensor: bounds registers per thread.
-CHUNK_ELEMENTS = {"fwd": 2048, "bwd": 1024}
 # Scratch of all programs of one launch stays below this, so it can stay in L2.
 MAX_SCRATCH_BYTES = 64 << 20
+# Per kernel kind: elements of one [BW, BP, BD] attention chunk tensor (bounds registers per
+# thread), of one pooling chunk (pooling holds only the loads: bigger, so a tile's frames are
+# requested at once), warps per program and the register cap given to ptxas (sets how many
+# programs fit on an SM). benchmarks/triton_tune.py sweeps these on a GPU.
+TUNING = {
+    "fwd": {"chunk": 2048, "pool_chunk": 4096, "num_warps": 4, "maxnreg": 128},
+    "bwd": {"chunk": 512, "pool_chunk": 4096, "num_warps": 4, "maxnreg": 128},
+}
+REGISTERS_PER_SM = 65536
+MAX_PROGRAMS_PER_SM = 32
 
 
 @dataclass(frozen=True)
 class LaunchConfig:
-    tile: int        # p ** levels frames per tile
-    n_rows: int      # scratch rows per region: pooled rows of levels 2..levels
-    block_w: int     # windows per chunk
-    block_p: int     # p padded to a power of two
-    block_d: int     # D padded to a power of two
+    tile: int          # p ** levels frames per tile
+    n_rows: int        # scratch rows per region: pooled rows of levels 2..levels
+    block_w: int       # windows per attention chunk
+    block_w_pool: int  # windows per pooling chunk
+    block_p: int       # p padded to a power of two
+    block_d: int       # D padded to a power of two
     num_warps: int
+    maxnreg: Optional[int]
+
+
+def set_tuning(kind: str, **values) -> None:
+    """Change TUNING[kind] (keys: chunk, pool_chunk, num_warps, maxnreg) for later launches."""
+    unknown = set(values) - set(TUNING[kind])
+    if unknown:
+        raise ValueError(f"unknown tuning keys {sorted(unknown)}: allowed are {sorted(TUNING[kind])}")
+    TUNING[kind].update(values)
+    launch_config.cache_clear()
+    _PROGRAMS_PER_SM_CACHE.clear()
 
 
 @functools.lru_cache(maxsize=None)
 def launch_config(p: int, levels: int, D: int, kind: str) -> LaunchConfig:
     """Block sizes for one (p, levels, D) and kernel kind ('fwd' or 'bwd')."""
+    tune = TUNING[kind]
     tile = p ** levels
     block_p = triton.next_power_of_2(p)
     block_d = triton.next_power_of_2(D)
-    block_w = max(1, CHUNK_ELEMENTS[kind] // (block_p * block_d))
-    block_w = min(block_w, triton.next_power_of_2(tile // p))  # no more windows than a tile has
-    chunk = block_w * block_p * block_d
-    num_warps = 8 if chunk >= 4096 else 4
+    windows = triton.next_power_of_2(tile // p)  # no more windows than a tile has
+
+    def windows_per(elements):
+        return min(windows, max(1, elements // (block_p * block_d)))
+
     n_rows = (tile - p) // (p - 1)  # p + p**2 + ... + p**(levels-1)
-    return LaunchConfig(tile, n_rows, block_w, block_p, block_d, num_warps)
+    return LaunchConfig(tile, n_rows, windows_per(tune["chunk"]), windows_per(tune["pool_chunk"]),
+                        block_p, block_d, tune["num_warps"], tune["maxnreg"])
 
 
-def _num_programs(total_tiles: int, scratch_per_program: int, device: torch.device,
-                  kind: str) -> int:
+def _meta(cfg: LaunchConfig, p: int, levels: int, has_lengths: bool) -> dict:
+    meta = dict(HAS_LENGTHS=has_lengths, P_WIN=p, LEVELS=levels, TILE=cfg.tile,
+                N_ROWS=cfg.n_rows, BW=cfg.block_w, BW_POOL=cfg.block_w_pool, BP=cfg.block_p,
+                BD=cfg.block_d, num_warps=cfg.num_warps)
+    if cfg.maxnreg and not INTERPRET:
+        meta["maxnreg"] = cfg.maxnreg
+    return meta
+
+
+_PROGRAMS_PER_SM_CACHE: dict = {}
+
+
+def _programs_per_sm(kernel, args, meta, device: torch.device) -> int:
+    """How many programs of the kernel compiled for these arguments fit on one SM at once
+    (registers, shared memory, threads): the persistent grid launches exactly that many per SM,
+    so none waits for a free slot."""
+    key = (kernel.fn.__name__ if hasattr(kernel, "fn") else id(kernel), device.index,
+           tuple(sorted(meta.items())),
+           tuple((a.dtype, a.stride()[-1] == 1) if isinstance(a, torch.Tensor) else
+                 (type(a), a == 1, isinstance(a, int) and a % 16 == 0) for a in args))
+    if key not in _PROGRAMS_PER_SM_CACHE:
+        compiled = kernel.warmup(*args, grid=(1,), **meta)
+        compiled._init_handles()
+        props = torch.cuda.get_device_properties(device)
+        num_warps = compiled.metadata.num_warps
+        regs_per_warp = -(-max(compiled.n_regs, 1) * 32 // 256) * 256  # allocation unit 256
+        by_regs = REGISTERS_PER_SM // (regs_per_warp * num_warps)
+        smem = compiled.metadata.shared
+        smem_per_sm = getattr(props, "shared_memory_per_multiprocessor", 228 * 1024)
+        by_smem = smem_per_sm // smem if smem else MAX_PROGRAMS_PER_SM
+        by_threads = props.max_threads_per_multi_processor // (32 * num_warps)
+        _PROGRAMS_PER_SM_CACHE[key] = max(1, min(by_regs, by_smem, by_threads,
+                                                 MAX_PROGRAMS_PER_SM))
+    return _PROGRAMS_PER_SM_CACHE[key]
+
+
+def _launch(kernel, tensors, scalars, meta, total_tiles, scratch_per_program, device):
+    """Launch the persistent grid over `total_tiles` tiles with a scratch per program."""
     if INTERPRET or device.type != "cuda":
-        wanted = INTERPRET_PROGRAMS
+        n_programs = INTERPRET_PROGRAMS
     else:
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
-        wanted = sms * PROGRAMS_PER_SM[kind]
+        probe = torch.empty(1, dtype=torch.float32, device=device)
+        per_sm = _programs_per_sm(kernel, (*tensors, probe, *scalars), meta, device)
+        n_programs = per_sm * torch.cuda.get_device_properties(device).multi_processor_count
     if scratch_per_program:
-        wanted = min(wanted, max(1, MAX_SCRATCH_BYTES // scratch_per_program))
-    return max(1, min(total_tiles, wanted))
+        n_programs = min(n_programs, max(1, MAX_SCRATCH_BYTES // (4 * scratch_per_program)))
+    n_programs = max(1, min(total_tiles, n_programs))
+    scratch = _scratch(n_programs, scratch_per_program, device)
+    kernel[(n_programs,)](*tensors, scratch, *scalars, **meta)
 
 
 def _scratch(n_programs: int, elements_per_program: int, device: torch.device) -> torch.Tensor:
@@ -93,17 +153,12 @@ def fractal_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     out = _empty_out(q)
     cfg = launch_config(p, levels, D, "fwd")
     n_tiles = triton.cdiv(T, cfg.tile)
-    total_tiles = B * H * n_tiles
-    per_program = FWD_REGIONS.value * cfg.n_rows * D
-    n_programs = _num_programs(total_tiles, per_program * 4, q.device, "fwd")
-    scratch = _scratch(n_programs, per_program, q.device)
     lengths_ptr, has_lengths = _lengths_arg(lengths, q)
-    fractal_fwd_kernel[(n_programs,)](
-        q, k, v, out, lengths_ptr, scratch,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        H, T, D, n_tiles, total_tiles, float(scale),
-        HAS_LENGTHS=has_lengths, P_WIN=p, LEVELS=levels, TILE=cfg.tile, N_ROWS=cfg.n_rows,
-        BW=cfg.block_w, BP=cfg.block_p, BD=cfg.block_d, num_warps=cfg.num_warps)
+    scalars = (*q.stride(), *k.stride(), *v.stride(), *out.stride(),
+               H, T, D, n_tiles, B * H * n_tiles, float(scale))
+    _launch(fractal_fwd_kernel, (q, k, v, out, lengths_ptr), scalars,
+            _meta(cfg, p, levels, has_lengths), B * H * n_tiles,
+            FWD_REGIONS.value * cfg.n_rows * D, q.device)
     return out
 
 
@@ -114,17 +169,12 @@ def fractal_attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
     dq, dk, dv = _empty_out(q), _empty_out(q), _empty_out(q)
     cfg = launch_config(p, levels, D, "bwd")
     n_tiles = triton.cdiv(T, cfg.tile)
-    total_tiles = B * H * n_tiles
-    per_program = BWD_REGIONS.value * cfg.n_rows * D
-    n_programs = _num_programs(total_tiles, per_program * 4, q.device, "bwd")
-    scratch = _scratch(n_programs, per_program, q.device)
     lengths_ptr, has_lengths = _lengths_arg(lengths, q)
     if dout.dtype != q.dtype:  # autograd may hand a gradient of another dtype
         dout = dout.to(q.dtype)
-    fractal_bwd_kernel[(n_programs,)](
-        dout, q, k, v, dq, dk, dv, lengths_ptr, scratch,
-        *dout.stride(), *q.stride(), *k.stride(), *v.stride(), *dq.stride(),
-        H, T, D, n_tiles, total_tiles, float(scale),
-        HAS_LENGTHS=has_lengths, P_WIN=p, LEVELS=levels, TILE=cfg.tile, N_ROWS=cfg.n_rows,
-        BW=cfg.block_w, BP=cfg.block_p, BD=cfg.block_d, num_warps=cfg.num_warps)
+    scalars = (*dout.stride(), *q.stride(), *k.stride(), *v.stride(), *dq.stride(),
+               H, T, D, n_tiles, B * H * n_tiles, float(scale))
+    _launch(fractal_bwd_kernel, (dout, q, k, v, dq, dk, dv, lengths_ptr), scalars,
+            _meta(cfg, p, levels, has_lengths), B * H * n_tiles,
+            BWD_REGIONS.value * cfg.n_rows * D, q.device)
     return dq, dk, dv

@@ -38,7 +38,7 @@ def fractal_fwd_kernel(
         H, T, D, n_tiles, total_tiles, scale,
         HAS_LENGTHS: tl.constexpr, P_WIN: tl.constexpr, LEVELS: tl.constexpr,
         TILE: tl.constexpr, N_ROWS: tl.constexpr,
-        BW: tl.constexpr, BP: tl.constexpr, BD: tl.constexpr):
+        BW: tl.constexpr, BW_POOL: tl.constexpr, BP: tl.constexpr, BD: tl.constexpr):
     pid = tl.program_id(0)
     region = N_ROWS * D
     scr_q = scratch_ptr + pid.to(tl.int64) * (FWD_REGIONS * region)
@@ -54,8 +54,8 @@ def fractal_fwd_kernel(
 
         if LEVELS > 1:
             # (A) bottom-up pooling: raw frames -> level 2 sums -> ... -> level L sums.
-            for w0 in range(0, tl.cdiv(n_t, P_WIN), BW):
-                w, rows, count = _level_rows(w0, n_t, 1, P_WIN, BW, BP)
+            for w0 in range(0, tl.cdiv(n_t, P_WIN), BW_POOL):
+                w, rows, count = _level_rows(w0, n_t, 1, P_WIN, BW_POOL, BP)
                 _store_pooled(scr_q, w, _load_chunk(q_base, rows, sqt, sqd, count, D, BD),
                               n_t, P_WIN, D, BD)
                 _store_pooled(scr_k, w, _load_chunk(k_base, rows, skt, skd, count, D, BD),
@@ -69,9 +69,9 @@ def fractal_fwd_kernel(
             RB = tl.full([], 0, tl.int32)
             for _ in range(LEVELS - 2):
                 R = TILE // S
-                _pool_level(scr_q, n_t, D, S, RB, RB + R, P_WIN, BW, BP, BD)
-                _pool_level(scr_k, n_t, D, S, RB, RB + R, P_WIN, BW, BP, BD)
-                _pool_level(scr_v, n_t, D, S, RB, RB + R, P_WIN, BW, BP, BD)
+                _pool_level(scr_q, n_t, D, S, RB, RB + R, P_WIN, BW_POOL, BP, BD)
+                _pool_level(scr_k, n_t, D, S, RB, RB + R, P_WIN, BW_POOL, BP, BD)
+                _pool_level(scr_v, n_t, D, S, RB, RB + R, P_WIN, BW_POOL, BP, BD)
                 tl.debug_barrier()
                 RB += R
                 S *= P_WIN
