@@ -25,15 +25,14 @@ from .triton_fractal_fwd import FWD_REGIONS, fractal_fwd_kernel
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # Under the interpreter programs run one after another: a few exercise the persistent loop.
 INTERPRET_PROGRAMS = 3
-# Scratch of all programs of one launch stays below this, so it can stay in L2.
-MAX_SCRATCH_BYTES = 64 << 20
 # Per kernel kind: elements of one [BW, BP, BD] attention chunk tensor (bounds registers per
 # thread), of one pooling chunk (pooling holds only the loads: bigger, so a tile's frames are
 # requested at once), warps per program and the register cap given to ptxas (sets how many
-# programs fit on an SM). benchmarks/triton_tune.py sweeps these on a GPU.
+# programs fit on an SM); the scratch of all programs of one launch stays below scratch_mb
+# MiB, so it can stay in L2 (fewer programs otherwise). benchmarks/triton_tune.py sweeps these.
 TUNING = {
-    "fwd": {"chunk": 2048, "pool_chunk": 4096, "num_warps": 4, "maxnreg": 128},
-    "bwd": {"chunk": 512, "pool_chunk": 4096, "num_warps": 4, "maxnreg": 128},
+    "fwd": {"chunk": 2048, "pool_chunk": 4096, "num_warps": 4, "maxnreg": 128, "scratch_mb": 32},
+    "bwd": {"chunk": 512, "pool_chunk": 4096, "num_warps": 4, "maxnreg": 128, "scratch_mb": 32},
 }
 REGISTERS_PER_SM = 65536
 MAX_PROGRAMS_PER_SM = 32
@@ -52,7 +51,8 @@ class LaunchConfig:
 
 
 def set_tuning(kind: str, **values) -> None:
-    """Change TUNING[kind] (keys: chunk, pool_chunk, num_warps, maxnreg) for later launches."""
+    """Change TUNING[kind] (keys: chunk, pool_chunk, num_warps, maxnreg, scratch_mb) for
+    later launches."""
     unknown = set(values) - set(TUNING[kind])
     if unknown:
         raise ValueError(f"unknown tuning keys {sorted(unknown)}: allowed are {sorted(TUNING[kind])}")
@@ -114,7 +114,7 @@ def _programs_per_sm(kernel, args, meta, device: torch.device) -> int:
     return _PROGRAMS_PER_SM_CACHE[key]
 
 
-def _launch(kernel, tensors, scalars, meta, total_tiles, scratch_per_program, device):
+def _launch(kernel, kind, tensors, scalars, meta, total_tiles, scratch_per_program, device):
     """Launch the persistent grid over `total_tiles` tiles with a scratch per program."""
     if INTERPRET or device.type != "cuda":
         n_programs = INTERPRET_PROGRAMS
@@ -123,7 +123,8 @@ def _launch(kernel, tensors, scalars, meta, total_tiles, scratch_per_program, de
         per_sm = _programs_per_sm(kernel, (*tensors, probe, *scalars), meta, device)
         n_programs = per_sm * torch.cuda.get_device_properties(device).multi_processor_count
     if scratch_per_program:
-        n_programs = min(n_programs, max(1, MAX_SCRATCH_BYTES // (4 * scratch_per_program)))
+        max_bytes = TUNING[kind]["scratch_mb"] << 20
+        n_programs = min(n_programs, max(1, max_bytes // (4 * scratch_per_program)))
     n_programs = max(1, min(total_tiles, n_programs))
     scratch = _scratch(n_programs, scratch_per_program, device)
     kernel[(n_programs,)](*tensors, scratch, *scalars, **meta)
@@ -156,7 +157,7 @@ def fractal_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     lengths_ptr, has_lengths = _lengths_arg(lengths, q)
     scalars = (*q.stride(), *k.stride(), *v.stride(), *out.stride(),
                H, T, D, n_tiles, B * H * n_tiles, float(scale))
-    _launch(fractal_fwd_kernel, (q, k, v, out, lengths_ptr), scalars,
+    _launch(fractal_fwd_kernel, "fwd", (q, k, v, out, lengths_ptr), scalars,
             _meta(cfg, p, levels, has_lengths), B * H * n_tiles,
             FWD_REGIONS.value * cfg.n_rows * D, q.device)
     return out
@@ -174,7 +175,7 @@ def fractal_attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
         dout = dout.to(q.dtype)
     scalars = (*dout.stride(), *q.stride(), *k.stride(), *v.stride(), *dq.stride(),
                H, T, D, n_tiles, B * H * n_tiles, float(scale))
-    _launch(fractal_bwd_kernel, (dout, q, k, v, dq, dk, dv, lengths_ptr), scalars,
+    _launch(fractal_bwd_kernel, "bwd", (dout, q, k, v, dq, dk, dv, lengths_ptr), scalars,
             _meta(cfg, p, levels, has_lengths), B * H * n_tiles,
             BWD_REGIONS.value * cfg.n_rows * D, q.device)
     return dq, dk, dv
