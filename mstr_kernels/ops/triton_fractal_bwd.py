@@ -12,18 +12,21 @@ import triton
 import triton.language as tl
 
 from .triton_fractal_common import (_gelu_grad, _level_rows, _load_chunk, _load_parent,
-                                    _pool_level, _store_chunk, _store_pooled, _take, _tile_coords,
+                                    _pool_level, _store_chunk, _load_key, _store_pooled, _tile_coords,
                                     _window_softmax)
 
 BWD_REGIONS = tl.constexpr(7)  # scratch regions: pooled q, k, v, dout sums; top-down sums of dq, dk, dv
 
 
 @triton.jit
-def _window_softmax_bwd(q3, k3, v3, g3, w, n_t, S, scale, P_WIN: tl.constexpr,
-                        BW: tl.constexpr, BP: tl.constexpr, BD: tl.constexpr):
-    """Gradients of the pooled means (dq, dk, dv, each [BW, BP, BD]) of one level's windows,
-    given dG = g3, the gradient of GELU(Y) (0 on rows without valid frames)."""
-    y, m, l = _window_softmax(q3, k3, v3, w, n_t, S, scale, P_WIN, BW, BP, BD)
+def _window_softmax_bwd(q3, g3, k_base, k_rs, k_cs, v_base, v_rs, v_cs, w, n_t, S, scale, D,
+                        POOLED: tl.constexpr, P_WIN: tl.constexpr, BW: tl.constexpr,
+                        BP: tl.constexpr, BD: tl.constexpr):
+    """Gradients of the query, key and value rows (means when POOLED; dq, dk, dv, each
+    [BW, BP, BD]) of one level's windows, given dG = g3, the gradient of GELU(Y) (0 on rows
+    without valid frames). Keys and values are read row by row as in _window_softmax."""
+    y, m, l = _window_softmax(q3, k_base, k_rs, k_cs, v_base, v_rs, v_cs, w, n_t, S, scale, D,
+                              POOLED, P_WIN, BW, BP, BD)
     inv_l = 1.0 / tl.where(l > 0, l, 1.0)
     dy = g3 * _gelu_grad(y)
     delta = tl.sum(dy * y, axis=2)  # sum_i P_ji dP_ji = <dY_j, Y_j>
@@ -32,15 +35,15 @@ def _window_softmax_bwd(q3, k3, v3, g3, w, n_t, S, scale, P_WIN: tl.constexpr,
     dk = tl.zeros([BW, BP, BD], tl.float32)
     dv = tl.zeros([BW, BP, BD], tl.float32)
     for i in tl.static_range(P_WIN):
-        k_i = _take(k3, i, BP)
-        v_i = _take(v3, i, BP)
-        s = tl.sum(q3 * k_i[:, None, :], axis=2) * scale
-        key_ok = (w * P_WIN + i) * S < n_t
+        k_i, key_ok = _load_key(k_base, w, i, k_rs, k_cs, n_t, S, D, POOLED, P_WIN, BP, BD)
+        v_i, _ = _load_key(v_base, w, i, v_rs, v_cs, n_t, S, D, POOLED, P_WIN, BP, BD)
+        s = tl.sum(q3 * k_i, axis=2) * scale
         s = tl.where(key_ok[:, None], s, float("-inf"))
         prob = tl.exp(s - m) * inv_l  # [BW, BP]: weight of key i for each query of the window
-        dprob = tl.sum(dy * v_i[:, None, :], axis=2)
+        dprob = tl.sum(dy * v_i, axis=2)
         ds = prob * (dprob - delta) * scale
-        dq += ds[:, :, None] * k_i[:, None, :]
+        dq += ds[:, :, None] * k_i
+        # Key i's gradients sum over the window's queries (a reduction across lanes).
         dk = tl.where(sel == i, tl.sum(ds[:, :, None] * q3, axis=1)[:, None, :], dk)
         dv = tl.where(sel == i, tl.sum(prob[:, :, None] * dy, axis=1)[:, None, :], dv)
     return dq, dk, dv
@@ -56,10 +59,9 @@ def _bwd_level(scr_q, scr_k, scr_v, scr_g, scr_aq, scr_ak, scr_av, n_t, D, scale
         w, rows, count = _level_rows(w0, n_t, S, P_WIN, BW, BP)
         inv = (1.0 / tl.maximum(count, 1).to(tl.float32))[:, :, None]
         q3 = _load_chunk(scr_q + RB * D, rows, D, 1, count, D, BD) * inv
-        k3 = _load_chunk(scr_k + RB * D, rows, D, 1, count, D, BD) * inv
-        v3 = _load_chunk(scr_v + RB * D, rows, D, 1, count, D, BD) * inv
         g3 = _load_chunk(scr_g + RB * D, rows, D, 1, count, D, BD)
-        dq, dk, dv = _window_softmax_bwd(q3, k3, v3, g3, w, n_t, S, scale, P_WIN, BW, BP, BD)
+        dq, dk, dv = _window_softmax_bwd(q3, g3, scr_k + RB * D, D, 1, scr_v + RB * D, D, 1,
+                                         w, n_t, S, scale, D, True, P_WIN, BW, BP, BD)
         # d(mean)/d(frame) = 1 / count: each frame's share of the row's gradient.
         dq *= inv
         dk *= inv
@@ -140,11 +142,9 @@ def fractal_bwd_kernel(
         for w0 in range(0, tl.cdiv(n_frames, P_WIN), BW):
             w, rows, count = _level_rows(w0, n_t, 1, P_WIN, BW, BP)
             q3 = _load_chunk(q_base, rows, sqt, sqd, count, D, BD)
-            k3 = _load_chunk(k_base, rows, skt, skd, count, D, BD)
-            v3 = _load_chunk(v_base, rows, svt, svd, count, D, BD)
             g3 = _load_chunk(g_base, rows, sgt, sgd, count, D, BD)
-            dq, dk, dv = _window_softmax_bwd(q3, k3, v3, g3, w, n_t, 1, scale,
-                                             P_WIN, BW, BP, BD)
+            dq, dk, dv = _window_softmax_bwd(q3, g3, k_base, skt, skd, v_base, svt, svd, w, n_t,
+                                             1, scale, D, False, P_WIN, BW, BP, BD)
             if LEVELS > 1:
                 dq += _load_parent(scr_aq, w, n_t, P_WIN, D, BD)[:, None, :]
                 dk += _load_parent(scr_ak, w, n_t, P_WIN, D, BD)[:, None, :]

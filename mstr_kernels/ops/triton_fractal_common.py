@@ -75,32 +75,45 @@ def _store_pooled(base, w, x, n_t, S_POOLED, D, BD: tl.constexpr):
 
 
 @triton.jit
-def _take(x3, i, BP: tl.constexpr):
-    """Row i of every window of a [BW, BP, BD] chunk, as [BW, BD]."""
-    sel = tl.arange(0, BP)[None, :, None] == i
-    return tl.sum(tl.where(sel, x3, 0.0), axis=1)
+def _load_key(base, w, i, row_stride, col_stride, n_t, S, D, POOLED: tl.constexpr,
+              P_WIN: tl.constexpr, BP: tl.constexpr, BD: tl.constexpr):
+    """Row i of every window, repeated over the window's p query lanes: [BW, BP, BD] float32
+    (a mean, the row's sum over its count, when POOLED), and whether the row has valid frames
+    [BW]. The lanes of a window read the same addresses, which the memory system serves once;
+    the result needs no cross-thread movement to meet the queries."""
+    row = w * P_WIN + i
+    count = tl.minimum(tl.maximum(n_t - row * S, 0), S)
+    lane = tl.arange(0, BP)[None, :, None]
+    d = tl.arange(0, BD)[None, None, :]
+    offs = (row[:, None, None] + lane * 0).to(tl.int64) * row_stride + d.to(tl.int64) * col_stride
+    mask = (count[:, None, None] > 0) & (lane < BP) & (d < D)
+    x = tl.load(base + offs, mask=mask, other=0.0).to(tl.float32)
+    if POOLED:
+        x = x * (1.0 / tl.maximum(count, 1).to(tl.float32))[:, None, None]
+    return x, count > 0
 
 
 @triton.jit
-def _window_softmax(q3, k3, v3, w, n_t, S, scale, P_WIN: tl.constexpr, BW: tl.constexpr,
+def _window_softmax(q3, k_base, k_rs, k_cs, v_base, v_rs, v_cs, w, n_t, S, scale, D,
+                    POOLED: tl.constexpr, P_WIN: tl.constexpr, BW: tl.constexpr,
                     BP: tl.constexpr, BD: tl.constexpr):
     """Attention inside each window of p rows: y [BW, BP, BD] and the softmax statistics
-    (running max m and sum l, [BW, BP]) the backward needs. Keys without valid frames get no
-    weight; a query row whose window has no valid key gets y = 0."""
+    (running max m and sum l, [BW, BP]) the backward needs. Keys and values are read row by row
+    from (base, row stride, column stride). Keys without valid frames get no weight; a query
+    row whose window has no valid key gets y = 0."""
     m = tl.full([BW, BP], -1e30, tl.float32)  # finite: exp(m - m_new) never sees inf - inf
     l = tl.zeros([BW, BP], tl.float32)
     acc = tl.zeros([BW, BP, BD], tl.float32)
     for i in tl.static_range(P_WIN):
-        k_i = _take(k3, i, BP)
-        v_i = _take(v3, i, BP)
-        s = tl.sum(q3 * k_i[:, None, :], axis=2) * scale
-        key_ok = (w * P_WIN + i) * S < n_t
+        k_i, key_ok = _load_key(k_base, w, i, k_rs, k_cs, n_t, S, D, POOLED, P_WIN, BP, BD)
+        v_i, _ = _load_key(v_base, w, i, v_rs, v_cs, n_t, S, D, POOLED, P_WIN, BP, BD)
+        s = tl.sum(q3 * k_i, axis=2) * scale
         s = tl.where(key_ok[:, None], s, float("-inf"))
         m_new = tl.maximum(m, s)
         alpha = tl.exp(m - m_new)
         e = tl.exp(s - m_new)
         l = l * alpha + e
-        acc = acc * alpha[:, :, None] + e[:, :, None] * v_i[:, None, :]
+        acc = acc * alpha[:, :, None] + e[:, :, None] * v_i
         m = m_new
     y = acc / tl.where(l > 0, l, 1.0)[:, :, None]
     return y, m, l

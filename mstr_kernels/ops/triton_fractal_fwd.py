@@ -23,9 +23,8 @@ def _fwd_level(scr_q, scr_k, scr_v, scr_z, n_t, D, scale, S, RB, RB_UP, n_parent
         w, rows, count = _level_rows(w0, n_t, S, P_WIN, BW, BP)
         inv = (1.0 / tl.maximum(count, 1).to(tl.float32))[:, :, None]
         q3 = _load_chunk(scr_q + RB * D, rows, D, 1, count, D, BD) * inv
-        k3 = _load_chunk(scr_k + RB * D, rows, D, 1, count, D, BD) * inv
-        v3 = _load_chunk(scr_v + RB * D, rows, D, 1, count, D, BD) * inv
-        y, m, l = _window_softmax(q3, k3, v3, w, n_t, S, scale, P_WIN, BW, BP, BD)
+        y, m, l = _window_softmax(q3, scr_k + RB * D, D, 1, scr_v + RB * D, D, 1, w, n_t, S,
+                                  scale, D, True, P_WIN, BW, BP, BD)
         z = tl.where(count[:, :, None] > 0, _gelu(y), 0.0)
         z += _load_parent(scr_z + RB_UP * D, w, n_parent, S * P_WIN, D, BD)[:, None, :]
         _store_chunk(scr_z + RB * D, rows, D, 1, z, count > 0, D, BD)
@@ -90,9 +89,8 @@ def fractal_fwd_kernel(
         for w0 in range(0, tl.cdiv(n_frames, P_WIN), BW):
             w, rows, count = _level_rows(w0, n_t, 1, P_WIN, BW, BP)
             q3 = _load_chunk(q_base, rows, sqt, sqd, count, D, BD)
-            k3 = _load_chunk(k_base, rows, skt, skd, count, D, BD)
-            v3 = _load_chunk(v_base, rows, svt, svd, count, D, BD)
-            y, m, l = _window_softmax(q3, k3, v3, w, n_t, 1, scale, P_WIN, BW, BP, BD)
+            y, m, l = _window_softmax(q3, k_base, skt, skd, v_base, svt, svd, w, n_t, 1, scale,
+                                      D, False, P_WIN, BW, BP, BD)
             z = _gelu(y)
             if LEVELS > 1:
                 z += _load_parent(scr_z, w, n_t, P_WIN, D, BD)[:, None, :]
