@@ -49,10 +49,11 @@ def _launch_values(kernel, D: int):
     return values
 
 
-def _signature(kernel, dtype: str, has_lengths: bool, cfg, p: int, levels: int, D: int):
+def _signature(kernel, kind: str, dtype: str, has_lengths: bool, cfg, p: int, levels: int,
+               D: int):
     """Signature, constexprs and attributes as the JIT specializes a real launch: integer
     arguments equal to 1 become constants, multiples of 16 and pointers carry divisibility 16."""
-    constexprs = {k: v for k, v in _meta(cfg, p, levels, has_lengths).items()
+    constexprs = {k: v for k, v in _meta(cfg, kind, p, levels, has_lengths).items()
                   if k not in ("num_warps", "maxnreg")}
     values = _launch_values(kernel, D)
     signature, attrs = {}, {}
@@ -97,7 +98,7 @@ def ptxas_usage(ptx: str, arch: int):
 def report(arch: int, dtype: str, p: int, levels: int, D: int, kind: str):
     kernel = fractal_fwd_kernel if kind == "fwd" else fractal_bwd_kernel
     cfg = launch_config(p, levels, D, kind)
-    signature, constexprs, attrs = _signature(kernel, dtype, True, cfg, p, levels, D)
+    signature, constexprs, attrs = _signature(kernel, kind, dtype, True, cfg, p, levels, D)
     src = ASTSource(kernel, signature, constexprs, attrs)
     options = {"num_warps": cfg.num_warps}
     if cfg.maxnreg:
@@ -115,7 +116,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     failed = False
     print(f"triton {triton.__version__}")
-    print(f"{'arch':>5} {'kernel':>6} {'dtype':>5} {'p':>2} {'lv':>3} {'D':>4} | {'BW':>3} {'BWp':>3} {'BP':>3} "
+    print(f"{'arch':>5} {'kernel':>6} {'dtype':>5} {'p':>2} {'lv':>3} {'D':>4} | {'chunk':>9} {'pool':>4} "
           f"{'BD':>4} {'warps':>5} {'cap':>4} | {'regs':>4} {'spill st/ld B':>13} {'smem B':>7}")
     for arch in args.arch:
         for dtype, p, levels, D in (QUICK if args.quick else CONFIGS):
@@ -127,12 +128,14 @@ def main(argv=None) -> int:
                           f"COMPILE FAILED: {type(e).__name__}: {str(e)[:300]}")
                     failed = True
                     continue
+                chunk = (f"{cfg.block_r} rows" if kind == "fwd"
+                         else f"{cfg.block_w}x{cfg.block_p} win")
                 flag = ""
                 if (dtype, p, levels, D) == REQUIRED and (st or ld):
                     flag = "  <- required config spills"
                     failed = True
                 print(f"{arch:>5} {kind:>6} {dtype:>5} {p:>2} {levels:>3} {D:>4} | "
-                      f"{cfg.block_w:>3} {cfg.block_w_pool:>3} {cfg.block_p:>3} {cfg.block_d:>4} "
+                      f"{chunk:>9} {cfg.block_r_pool:>4} {cfg.block_d:>4} "
                       f"{cfg.num_warps:>5} {cfg.maxnreg or '-':>4} | "
                       f"{regs:>4} {f'{st}/{ld}':>13} {smem:>7}{flag}", flush=True)
     return 1 if failed else 0

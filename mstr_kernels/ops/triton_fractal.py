@@ -31,8 +31,8 @@ INTERPRET_PROGRAMS = 3
 # programs fit on an SM); the scratch of all programs of one launch stays below scratch_mb
 # MiB, so it can stay in L2 (fewer programs otherwise). benchmarks/triton_tune.py sweeps these.
 TUNING = {
-    "fwd": {"chunk": 2048, "pool_chunk": 4096, "num_warps": 4, "maxnreg": 128, "scratch_mb": 32},
-    "bwd": {"chunk": 512, "pool_chunk": 4096, "num_warps": 4, "maxnreg": 128, "scratch_mb": 32},
+    "fwd": {"chunk": 2048, "pool_chunk": 1024, "num_warps": 4, "maxnreg": 96, "scratch_mb": 32},
+    "bwd": {"chunk": 512, "pool_chunk": 1024, "num_warps": 4, "maxnreg": 128, "scratch_mb": 32},
 }
 REGISTERS_PER_SM = 65536
 MAX_PROGRAMS_PER_SM = 32
@@ -42,8 +42,9 @@ MAX_PROGRAMS_PER_SM = 32
 class LaunchConfig:
     tile: int          # p ** levels frames per tile
     n_rows: int        # scratch rows per region: pooled rows of levels 2..levels
-    block_w: int       # windows per attention chunk
-    block_w_pool: int  # windows per pooling chunk
+    block_r: int       # rows per attention chunk (forward, row layout)
+    block_w: int       # windows per attention chunk (backward, window layout)
+    block_r_pool: int  # rows per pooling chunk
     block_p: int       # p padded to a power of two
     block_d: int       # D padded to a power of two
     num_warps: int
@@ -68,20 +69,27 @@ def launch_config(p: int, levels: int, D: int, kind: str) -> LaunchConfig:
     tile = p ** levels
     block_p = triton.next_power_of_2(p)
     block_d = triton.next_power_of_2(D)
-    windows = triton.next_power_of_2(tile // p)  # no more windows than a tile has
 
-    def windows_per(elements):
-        return min(windows, max(1, elements // (block_p * block_d)))
+    def fit(elements, per_item, most):  # a power of two, at least 1, at most `most`
+        return min(triton.next_power_of_2(most), max(1, elements // per_item))
 
     n_rows = (tile - p) // (p - 1)  # p + p**2 + ... + p**(levels-1)
-    return LaunchConfig(tile, n_rows, windows_per(tune["chunk"]), windows_per(tune["pool_chunk"]),
-                        block_p, block_d, tune["num_warps"], tune["maxnreg"])
+    return LaunchConfig(tile, n_rows,
+                        block_r=fit(tune["chunk"], block_d, tile),
+                        block_w=fit(tune["chunk"], block_p * block_d, tile // p),
+                        block_r_pool=fit(tune["pool_chunk"], block_d, max(1, tile // p)),
+                        block_p=block_p, block_d=block_d, num_warps=tune["num_warps"],
+                        maxnreg=tune["maxnreg"])
 
 
-def _meta(cfg: LaunchConfig, p: int, levels: int, has_lengths: bool) -> dict:
+def _meta(cfg: LaunchConfig, kind: str, p: int, levels: int, has_lengths: bool) -> dict:
     meta = dict(HAS_LENGTHS=has_lengths, P_WIN=p, LEVELS=levels, TILE=cfg.tile,
-                N_ROWS=cfg.n_rows, BW=cfg.block_w, BW_POOL=cfg.block_w_pool, BP=cfg.block_p,
-                BD=cfg.block_d, num_warps=cfg.num_warps)
+                N_ROWS=cfg.n_rows, BR_POOL=cfg.block_r_pool, BD=cfg.block_d,
+                num_warps=cfg.num_warps)
+    if kind == "fwd":
+        meta.update(BR=cfg.block_r)
+    else:
+        meta.update(BW=cfg.block_w, BP=cfg.block_p)
     if cfg.maxnreg and not INTERPRET:
         meta["maxnreg"] = cfg.maxnreg
     return meta
@@ -158,7 +166,7 @@ def fractal_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     scalars = (*q.stride(), *k.stride(), *v.stride(), *out.stride(),
                H, T, D, n_tiles, B * H * n_tiles, float(scale))
     _launch(fractal_fwd_kernel, "fwd", (q, k, v, out, lengths_ptr), scalars,
-            _meta(cfg, p, levels, has_lengths), B * H * n_tiles,
+            _meta(cfg, "fwd", p, levels, has_lengths), B * H * n_tiles,
             FWD_REGIONS.value * cfg.n_rows * D, q.device)
     return out
 
@@ -176,6 +184,6 @@ def fractal_attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
     scalars = (*dout.stride(), *q.stride(), *k.stride(), *v.stride(), *dq.stride(),
                H, T, D, n_tiles, B * H * n_tiles, float(scale))
     _launch(fractal_bwd_kernel, "bwd", (dout, q, k, v, dq, dk, dv, lengths_ptr), scalars,
-            _meta(cfg, p, levels, has_lengths), B * H * n_tiles,
+            _meta(cfg, "bwd", p, levels, has_lengths), B * H * n_tiles,
             BWD_REGIONS.value * cfg.n_rows * D, q.device)
     return dq, dk, dv

@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from .triton_fractal_common import (_gelu_grad, _level_rows, _load_chunk, _load_parent,
-                                    _pool_level, _store_chunk, _load_key, _store_pooled, _tile_coords,
+                                    _store_chunk, _load_key, _pool_rows, _tile_coords,
                                     _window_softmax)
 
 BWD_REGIONS = tl.constexpr(7)  # scratch regions: pooled q, k, v, dout sums; top-down sums of dq, dk, dv
@@ -82,7 +82,7 @@ def fractal_bwd_kernel(
         H, T, D, n_tiles, total_tiles, scale,
         HAS_LENGTHS: tl.constexpr, P_WIN: tl.constexpr, LEVELS: tl.constexpr,
         TILE: tl.constexpr, N_ROWS: tl.constexpr,
-        BW: tl.constexpr, BW_POOL: tl.constexpr, BP: tl.constexpr, BD: tl.constexpr):
+        BW: tl.constexpr, BR_POOL: tl.constexpr, BP: tl.constexpr, BD: tl.constexpr):
     pid = tl.program_id(0)
     region = N_ROWS * D
     scr_q = scratch_ptr + pid.to(tl.int64) * (BWD_REGIONS * region)
@@ -102,26 +102,24 @@ def fractal_bwd_kernel(
 
         # (A) bottom-up pooling of q, k, v and dout.
         if LEVELS > 1:
-            for w0 in range(0, tl.cdiv(n_t, P_WIN), BW_POOL):
-                w, rows, count = _level_rows(w0, n_t, 1, P_WIN, BW_POOL, BP)
-                _store_pooled(scr_q, w, _load_chunk(q_base, rows, sqt, sqd, count, D, BD),
-                              n_t, P_WIN, D, BD)
-                _store_pooled(scr_k, w, _load_chunk(k_base, rows, skt, skd, count, D, BD),
-                              n_t, P_WIN, D, BD)
-                _store_pooled(scr_v, w, _load_chunk(v_base, rows, svt, svd, count, D, BD),
-                              n_t, P_WIN, D, BD)
-                _store_pooled(scr_g, w, _load_chunk(g_base, rows, sgt, sgd, count, D, BD),
-                              n_t, P_WIN, D, BD)
+            _pool_rows(q_base, sqt, sqd, scr_q, n_t, 1, D, P_WIN, BR_POOL, BD)
+            _pool_rows(k_base, skt, skd, scr_k, n_t, 1, D, P_WIN, BR_POOL, BD)
+            _pool_rows(v_base, svt, svd, scr_v, n_t, 1, D, P_WIN, BR_POOL, BD)
+            _pool_rows(g_base, sgt, sgd, scr_g, n_t, 1, D, P_WIN, BR_POOL, BD)
             tl.debug_barrier()
             # Runtime loops over levels (not unrolled), as in the forward kernel.
             S = tl.full([], P_WIN, tl.int32)
             RB = tl.full([], 0, tl.int32)
             for _ in range(LEVELS - 2):
                 R = TILE // S
-                _pool_level(scr_q, n_t, D, S, RB, RB + R, P_WIN, BW_POOL, BP, BD)
-                _pool_level(scr_k, n_t, D, S, RB, RB + R, P_WIN, BW_POOL, BP, BD)
-                _pool_level(scr_v, n_t, D, S, RB, RB + R, P_WIN, BW_POOL, BP, BD)
-                _pool_level(scr_g, n_t, D, S, RB, RB + R, P_WIN, BW_POOL, BP, BD)
+                _pool_rows(scr_q + RB * D, D, 1, scr_q + (RB + R) * D, n_t, S, D, P_WIN,
+                           BR_POOL, BD)
+                _pool_rows(scr_k + RB * D, D, 1, scr_k + (RB + R) * D, n_t, S, D, P_WIN,
+                           BR_POOL, BD)
+                _pool_rows(scr_v + RB * D, D, 1, scr_v + (RB + R) * D, n_t, S, D, P_WIN,
+                           BR_POOL, BD)
+                _pool_rows(scr_g + RB * D, D, 1, scr_g + (RB + R) * D, n_t, S, D, P_WIN,
+                           BR_POOL, BD)
                 tl.debug_barrier()
                 RB += R
                 S *= P_WIN

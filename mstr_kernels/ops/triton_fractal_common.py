@@ -66,15 +66,6 @@ def _load_parent(base, w, n_t, S_PARENT, D, BD: tl.constexpr):
 
 
 @triton.jit
-def _store_pooled(base, w, x, n_t, S_POOLED, D, BD: tl.constexpr):
-    """Store sum over each window of chunk x ([BW, BP, BD]) as scratch row w (the next level's
-    pooled sums); windows without valid frames are not written."""
-    d = tl.arange(0, BD)
-    mask = ((w * S_POOLED < n_t)[:, None]) & (d[None, :] < D)
-    tl.store(base + w[:, None] * D + d[None, :], tl.sum(x, axis=1), mask=mask)
-
-
-@triton.jit
 def _load_key(base, w, i, row_stride, col_stride, n_t, S, D, POOLED: tl.constexpr,
               P_WIN: tl.constexpr, BP: tl.constexpr, BD: tl.constexpr):
     """Row i of every window, repeated over the window's p query lanes: [BW, BP, BD] float32
@@ -138,11 +129,68 @@ def _tile_coords(tile_id, H, n_tiles, T, lengths_ptr, HAS_LENGTHS: tl.constexpr,
 
 
 @triton.jit
-def _pool_level(scr, n_t, D, S, RB, RB_UP, P_WIN: tl.constexpr, BW: tl.constexpr,
-                BP: tl.constexpr, BD: tl.constexpr):
-    """The next level's pooled sums (rows from RB_UP) from the scratch rows of a level with
-    pooling size S (rows from RB)."""
-    for w0 in range(0, tl.cdiv(n_t, S * P_WIN), BW):
-        w, rows, count = _level_rows(w0, n_t, S, P_WIN, BW, BP)
-        _store_pooled(scr + RB_UP * D, w, _load_chunk(scr + RB * D, rows, D, 1, count, D, BD),
-                      n_t, S * P_WIN, D, BD)
+def _load_rows(base, rows, row_stride, col_stride, ok, D, BD: tl.constexpr):
+    """[BR, BD] float32 of rows `rows` ([BR] ints); rows where `ok` is False and columns >= D
+    are not read (0)."""
+    d = tl.arange(0, BD)[None, :]
+    offs = rows[:, None].to(tl.int64) * row_stride + d.to(tl.int64) * col_stride
+    return tl.load(base + offs, mask=ok[:, None] & (d < D), other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _store_rows(base, rows, row_stride, col_stride, value, ok, D, BD: tl.constexpr):
+    d = tl.arange(0, BD)[None, :]
+    offs = rows[:, None].to(tl.int64) * row_stride + d.to(tl.int64) * col_stride
+    tl.store(base + offs, value.to(base.dtype.element_ty), mask=ok[:, None] & (d < D))
+
+
+@triton.jit
+def _row_counts(rows, n_t, S):
+    """Valid frames pooled in each row of a level with pooling size S."""
+    return tl.minimum(tl.maximum(n_t - rows * S, 0), S)
+
+
+@triton.jit
+def _pool_rows(src, row_stride, col_stride, dst, n_t, S, D, P_WIN: tl.constexpr,
+               BR: tl.constexpr, BD: tl.constexpr):
+    """The next level's rows (sums, dst rows of D floats) from a level with pooling size S:
+    row r = sum of source rows r*p .. r*p + p - 1 that hold valid frames."""
+    for r0 in range(0, tl.cdiv(n_t, S * P_WIN), BR):
+        r = r0 + tl.arange(0, BR)
+        acc = tl.zeros([BR, BD], tl.float32)
+        for i in tl.static_range(P_WIN):
+            src_rows = r * P_WIN + i
+            acc += _load_rows(src, src_rows, row_stride, col_stride, src_rows * S < n_t, D, BD)
+        _store_rows(dst, r, D, 1, acc, r * (S * P_WIN) < n_t, D, BD)
+
+
+@triton.jit
+def _attend_rows(q, k_base, k_rs, k_cs, v_base, v_rs, v_cs, rows, n_t, S, scale, D,
+                 POOLED: tl.constexpr, P_WIN: tl.constexpr, BR: tl.constexpr,
+                 BD: tl.constexpr):
+    """Window attention of query rows `rows` (q: [BR, BD]): each row attends to the p rows of
+    its window, gathered by index (means, sums over counts, when POOLED). Returns y [BR, BD]
+    and the softmax statistics m, l [BR]. Keys without valid frames get no weight."""
+    first = (rows // P_WIN) * P_WIN
+    m = tl.full([BR], -1e30, tl.float32)  # finite: exp(m - m_new) never sees inf - inf
+    l = tl.zeros([BR], tl.float32)
+    acc = tl.zeros([BR, BD], tl.float32)
+    for i in tl.static_range(P_WIN):
+        key_rows = first + i
+        key_count = _row_counts(key_rows, n_t, S)
+        key_ok = key_count > 0
+        k = _load_rows(k_base, key_rows, k_rs, k_cs, key_ok, D, BD)
+        v = _load_rows(v_base, key_rows, v_rs, v_cs, key_ok, D, BD)
+        if POOLED:
+            inv = (1.0 / tl.maximum(key_count, 1).to(tl.float32))[:, None]
+            k = k * inv
+            v = v * inv
+        s = tl.where(key_ok, tl.sum(q * k, axis=1) * scale, float("-inf"))
+        m_new = tl.maximum(m, s)
+        alpha = tl.exp(m - m_new)
+        e = tl.exp(s - m_new)
+        l = l * alpha + e
+        acc = acc * alpha[:, None] + e[:, None] * v
+        m = m_new
+    y = acc / tl.where(l > 0, l, 1.0)[:, None]
+    return y, m, l
