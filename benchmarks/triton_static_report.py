@@ -30,8 +30,8 @@ from mstr_kernels.ops.triton_fractal_fwd import fractal_fwd_kernel  # noqa: E402
 DTYPES = {"bf16": "*bf16", "fp16": "*fp16", "fp32": "*fp32"}
 # (dtype, p, levels, D): the benchmark shape first (it must not spill), then the SPEC's corners.
 CONFIGS = [("bf16", 3, 4, 64), ("fp16", 3, 4, 64), ("fp32", 3, 4, 64), ("bf16", 3, 4, 80),
-           ("bf16", 2, 10, 64), ("bf16", 8, 3, 64), ("bf16", 5, 4, 24), ("bf16", 3, 4, 128),
-           ("bf16", 3, 4, 256), ("bf16", 8, 3, 256), ("fp32", 7, 2, 5), ("bf16", 4, 5, 1)]
+           ("bf16", 2, 10, 64), ("bf16", 8, 3, 64), ("bf16", 5, 4, 24), ("bf16", 3, 4, 256),
+           ("fp32", 7, 2, 5)]
 QUICK = CONFIGS[:2]
 REQUIRED = ("bf16", 3, 4, 64)
 
@@ -103,10 +103,15 @@ def report(arch: int, dtype: str, p: int, levels: int, D: int, kind: str):
     options = {"num_warps": cfg.num_warps}
     if cfg.maxnreg:
         options["maxnreg"] = cfg.maxnreg
-    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                              options=options)
+    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
     regs, spill_st, spill_ld = ptxas_usage(compiled.asm["ptx"], arch)
-    return cfg, regs, spill_st, spill_ld, compiled.metadata.shared
+    capped = "maxnreg" in options
+    if (spill_st or spill_ld) and capped:  # as the launcher does: drop a cap that spills
+        options.pop("maxnreg")
+        compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+        regs, spill_st, spill_ld = ptxas_usage(compiled.asm["ptx"], arch)
+        capped = False
+    return cfg, regs, spill_st, spill_ld, compiled.metadata.shared, capped
 
 
 def main(argv=None) -> int:
@@ -122,7 +127,7 @@ def main(argv=None) -> int:
         for dtype, p, levels, D in (QUICK if args.quick else CONFIGS):
             for kind in ("fwd", "bwd"):
                 try:
-                    cfg, regs, st, ld, smem = report(arch, dtype, p, levels, D, kind)
+                    cfg, regs, st, ld, smem, capped = report(arch, dtype, p, levels, D, kind)
                 except Exception as e:  # a compile failure is a finding, reported per row
                     print(f"{arch:>5} {kind:>6} {dtype:>5} {p:>2} {levels:>3} {D:>4} | "
                           f"COMPILE FAILED: {type(e).__name__}: {str(e)[:300]}")
@@ -136,7 +141,7 @@ def main(argv=None) -> int:
                     failed = True
                 print(f"{arch:>5} {kind:>6} {dtype:>5} {p:>2} {levels:>3} {D:>4} | "
                       f"{chunk:>9} {cfg.block_r_pool:>4} {cfg.block_d:>4} "
-                      f"{cfg.num_warps:>5} {cfg.maxnreg or '-':>4} | "
+                      f"{cfg.num_warps:>5} {cfg.maxnreg if capped else '-':>4} | "
                       f"{regs:>4} {f'{st}/{ld}':>13} {smem:>7}{flag}", flush=True)
     return 1 if failed else 0
 

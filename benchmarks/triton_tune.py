@@ -68,8 +68,10 @@ def main(argv=None) -> int:
             torch.cuda.synchronize()
         except Exception as e:  # a knob value that fails to compile or launch is reported
             return float("inf"), f"{type(e).__name__}: {str(e)[:120]}"
-        per_sm = max(tf._PROGRAMS_PER_SM_CACHE.values()) if tf._PROGRAMS_PER_SM_CACHE else 0
-        return do_bench(calls[kind], warmup=10, rep=100) * 1e-3, f"{per_sm} programs/SM"
+        plans = list(tf._PLAN_CACHE.values())
+        info = (f"{plans[-1][1]} programs/SM, cap {plans[-1][0].get('maxnreg', 'none')}"
+                if plans else "")
+        return do_bench(calls[kind], warmup=10, rep=100) * 1e-3, info
 
     for kind in args.kinds:
         best = dict(tf.TUNING[kind])

@@ -59,7 +59,7 @@ def set_tuning(kind: str, **values) -> None:
         raise ValueError(f"unknown tuning keys {sorted(unknown)}: allowed are {sorted(TUNING[kind])}")
     TUNING[kind].update(values)
     launch_config.cache_clear()
-    _PROGRAMS_PER_SM_CACHE.clear()
+    _PLAN_CACHE.clear()
 
 
 @functools.lru_cache(maxsize=None)
@@ -95,31 +95,39 @@ def _meta(cfg: LaunchConfig, kind: str, p: int, levels: int, has_lengths: bool) 
     return meta
 
 
-_PROGRAMS_PER_SM_CACHE: dict = {}
+_PLAN_CACHE: dict = {}
 
 
-def _programs_per_sm(kernel, args, meta, device: torch.device) -> int:
-    """How many programs of the kernel compiled for these arguments fit on one SM at once
-    (registers, shared memory, threads): the persistent grid launches exactly that many per SM,
-    so none waits for a free slot."""
-    key = (kernel.fn.__name__ if hasattr(kernel, "fn") else id(kernel), device.index,
-           tuple(sorted(meta.items())),
+def _occupancy(compiled, device: torch.device) -> int:
+    """Programs of a compiled kernel that fit on one SM at once (registers, shared memory,
+    threads)."""
+    props = torch.cuda.get_device_properties(device)
+    num_warps = compiled.metadata.num_warps
+    regs_per_warp = -(-max(compiled.n_regs, 1) * 32 // 256) * 256  # allocation unit 256
+    by_regs = REGISTERS_PER_SM // (regs_per_warp * num_warps)
+    smem = compiled.metadata.shared
+    smem_per_sm = getattr(props, "shared_memory_per_multiprocessor", 228 * 1024)
+    by_smem = smem_per_sm // smem if smem else MAX_PROGRAMS_PER_SM
+    by_threads = props.max_threads_per_multi_processor // (32 * num_warps)
+    return max(1, min(by_regs, by_smem, by_threads, MAX_PROGRAMS_PER_SM))
+
+
+def _plan(kernel, args, meta, device: torch.device):
+    """(launch options, programs per SM) for the kernel compiled for these arguments. The
+    register cap is dropped where it makes ptxas spill (a cap is tuned for the common shapes),
+    and the persistent grid launches exactly as many programs per SM as fit, so none waits."""
+    key = (kernel.fn.__name__, device.index, tuple(sorted(meta.items())),
            tuple((a.dtype, a.stride()[-1] == 1) if isinstance(a, torch.Tensor) else
                  (type(a), a == 1, isinstance(a, int) and a % 16 == 0) for a in args))
-    if key not in _PROGRAMS_PER_SM_CACHE:
+    if key not in _PLAN_CACHE:
         compiled = kernel.warmup(*args, grid=(1,), **meta)
         compiled._init_handles()
-        props = torch.cuda.get_device_properties(device)
-        num_warps = compiled.metadata.num_warps
-        regs_per_warp = -(-max(compiled.n_regs, 1) * 32 // 256) * 256  # allocation unit 256
-        by_regs = REGISTERS_PER_SM // (regs_per_warp * num_warps)
-        smem = compiled.metadata.shared
-        smem_per_sm = getattr(props, "shared_memory_per_multiprocessor", 228 * 1024)
-        by_smem = smem_per_sm // smem if smem else MAX_PROGRAMS_PER_SM
-        by_threads = props.max_threads_per_multi_processor // (32 * num_warps)
-        _PROGRAMS_PER_SM_CACHE[key] = max(1, min(by_regs, by_smem, by_threads,
-                                                 MAX_PROGRAMS_PER_SM))
-    return _PROGRAMS_PER_SM_CACHE[key]
+        if compiled.n_spills and "maxnreg" in meta:
+            meta = {k: v for k, v in meta.items() if k != "maxnreg"}
+            compiled = kernel.warmup(*args, grid=(1,), **meta)
+            compiled._init_handles()
+        _PLAN_CACHE[key] = (meta, _occupancy(compiled, device))
+    return _PLAN_CACHE[key]
 
 
 def _launch(kernel, kind, tensors, scalars, meta, total_tiles, scratch_per_program, device):
@@ -128,7 +136,7 @@ def _launch(kernel, kind, tensors, scalars, meta, total_tiles, scratch_per_progr
         n_programs = INTERPRET_PROGRAMS
     else:
         probe = torch.empty(1, dtype=torch.float32, device=device)
-        per_sm = _programs_per_sm(kernel, (*tensors, probe, *scalars), meta, device)
+        meta, per_sm = _plan(kernel, (*tensors, probe, *scalars), meta, device)
         n_programs = per_sm * torch.cuda.get_device_properties(device).multi_processor_count
     if scratch_per_program:
         max_bytes = TUNING[kind]["scratch_mb"] << 20
