@@ -133,8 +133,7 @@ def main(argv=None) -> int:
                           f"COMPILE FAILED: {type(e).__name__}: {str(e)[:300]}")
                     failed = True
                     continue
-                chunk = (f"{cfg.block_r} rows" if kind == "fwd"
-                         else f"{cfg.block_w}x{cfg.block_p} win")
+                chunk = f"{cfg.block_r} rows"
                 flag = ""
                 if (dtype, p, levels, D) == REQUIRED and (st or ld):
                     flag = "  <- required config spills"

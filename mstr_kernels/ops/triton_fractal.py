@@ -42,10 +42,10 @@ MAX_PROGRAMS_PER_SM = 32
 class LaunchConfig:
     tile: int          # p ** levels frames per tile
     n_rows: int        # scratch rows per region: pooled rows of levels 2..levels
-    block_r: int       # rows per attention chunk (forward, row layout)
-    block_w: int       # windows per attention chunk (backward, window layout)
+    row_stride: int    # floats between scratch rows: D rounded up to 16 (aligned vector access)
+    program_stride: int  # floats of scratch per program, a multiple of 16
+    block_r: int       # rows per attention chunk
     block_r_pool: int  # rows per pooling chunk
-    block_p: int       # p padded to a power of two
     block_d: int       # D padded to a power of two
     num_warps: int
     maxnreg: Optional[int]
@@ -67,29 +67,29 @@ def launch_config(p: int, levels: int, D: int, kind: str) -> LaunchConfig:
     """Block sizes for one (p, levels, D) and kernel kind ('fwd' or 'bwd')."""
     tune = TUNING[kind]
     tile = p ** levels
-    block_p = triton.next_power_of_2(p)
     block_d = triton.next_power_of_2(D)
 
     def fit(elements, per_item, most):  # a power of two, at least 1, at most `most`
         return min(triton.next_power_of_2(most), max(1, elements // per_item))
 
     n_rows = (tile - p) // (p - 1)  # p + p**2 + ... + p**(levels-1)
-    return LaunchConfig(tile, n_rows,
+    row_stride = -(-D // 16) * 16
+    if kind == "fwd":  # pooled q, k, v sums and the top-down sum Z
+        floats = FWD_REGIONS.value * n_rows * row_stride
+    else:  # pooled q, k, v, dout; top-down dq, dk, dv; dY of a level; its softmax statistics
+        floats = (BWD_REGIONS.value * n_rows + tile) * row_stride + 3 * tile
+    return LaunchConfig(tile, n_rows, row_stride, max(16, -(-floats // 16) * 16),
                         block_r=fit(tune["chunk"], block_d, tile),
-                        block_w=fit(tune["chunk"], block_p * block_d, tile // p),
                         block_r_pool=fit(tune["pool_chunk"], block_d, max(1, tile // p)),
-                        block_p=block_p, block_d=block_d, num_warps=tune["num_warps"],
+                        block_d=block_d, num_warps=tune["num_warps"],
                         maxnreg=tune["maxnreg"])
 
 
 def _meta(cfg: LaunchConfig, kind: str, p: int, levels: int, has_lengths: bool) -> dict:
     meta = dict(HAS_LENGTHS=has_lengths, P_WIN=p, LEVELS=levels, TILE=cfg.tile,
-                N_ROWS=cfg.n_rows, BR_POOL=cfg.block_r_pool, BD=cfg.block_d,
+                N_ROWS=cfg.n_rows, DS=cfg.row_stride, PROGRAM_STRIDE=cfg.program_stride,
+                BR=cfg.block_r, BR_POOL=cfg.block_r_pool, BD=cfg.block_d,
                 num_warps=cfg.num_warps)
-    if kind == "fwd":
-        meta.update(BR=cfg.block_r)
-    else:
-        meta.update(BW=cfg.block_w, BP=cfg.block_p)
     if cfg.maxnreg and not INTERPRET:
         meta["maxnreg"] = cfg.maxnreg
     return meta
@@ -175,7 +175,7 @@ def fractal_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                H, T, D, n_tiles, B * H * n_tiles, float(scale))
     _launch(fractal_fwd_kernel, "fwd", (q, k, v, out, lengths_ptr), scalars,
             _meta(cfg, "fwd", p, levels, has_lengths), B * H * n_tiles,
-            FWD_REGIONS.value * cfg.n_rows * D, q.device)
+            cfg.program_stride, q.device)
     return out
 
 
@@ -193,5 +193,5 @@ def fractal_attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
                H, T, D, n_tiles, B * H * n_tiles, float(scale))
     _launch(fractal_bwd_kernel, "bwd", (dout, q, k, v, dq, dk, dv, lengths_ptr), scalars,
             _meta(cfg, "bwd", p, levels, has_lengths), B * H * n_tiles,
-            BWD_REGIONS.value * cfg.n_rows * D, q.device)
+            cfg.program_stride, q.device)
     return dq, dk, dv

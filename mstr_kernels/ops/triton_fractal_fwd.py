@@ -17,21 +17,21 @@ FWD_REGIONS = tl.constexpr(4)  # scratch regions: pooled q, k, v sums and the to
 
 @triton.jit
 def _fwd_level(scr_q, scr_k, scr_v, scr_z, n_t, D, scale, S, RB, RB_UP, n_parent,
-               P_WIN: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
+               DS: tl.constexpr, P_WIN: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
     """Attention of a pooled level (pooling size S, first scratch row RB) storing
     Z = GELU(Y) + Z[parent] (parent rows from RB_UP; none where n_parent is 0)."""
     for r0 in range(0, tl.cdiv(n_t, S), BR):
         rows = r0 + tl.arange(0, BR)
         count = _row_counts(rows, n_t, S)
         ok = count > 0
-        q = _load_rows(scr_q + RB * D, rows, D, 1, ok, D, BD)
+        q = _load_rows(scr_q + RB * DS, rows, DS, 1, ok, D, BD)
         q = q * (1.0 / tl.maximum(count, 1).to(tl.float32))[:, None]
-        y, m, l = _attend_rows(q, scr_k + RB * D, D, 1, scr_v + RB * D, D, 1, rows, n_t, S,
+        y, m, l = _attend_rows(q, scr_k + RB * DS, DS, 1, scr_v + RB * DS, DS, 1, rows, n_t, S,
                                scale, D, True, P_WIN, BR, BD)
         parent = rows // P_WIN
-        z = _gelu(y) + _load_rows(scr_z + RB_UP * D, parent, D, 1,
+        z = _gelu(y) + _load_rows(scr_z + RB_UP * DS, parent, DS, 1,
                                   parent * (S * P_WIN) < n_parent, D, BD)
-        _store_rows(scr_z + RB * D, rows, D, 1, z, ok, D, BD)
+        _store_rows(scr_z + RB * DS, rows, DS, 1, z, ok, D, BD)
 
 
 @triton.jit
@@ -40,11 +40,12 @@ def fractal_fwd_kernel(
         sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sob, soh, sot, sod,
         H, T, D, n_tiles, total_tiles, scale,
         HAS_LENGTHS: tl.constexpr, P_WIN: tl.constexpr, LEVELS: tl.constexpr,
-        TILE: tl.constexpr, N_ROWS: tl.constexpr,
-        BR: tl.constexpr, BR_POOL: tl.constexpr, BD: tl.constexpr):
+        TILE: tl.constexpr, N_ROWS: tl.constexpr, DS: tl.constexpr,
+        PROGRAM_STRIDE: tl.constexpr, BR: tl.constexpr, BR_POOL: tl.constexpr,
+        BD: tl.constexpr):
     pid = tl.program_id(0)
-    region = N_ROWS * D
-    scr_q = scratch_ptr + pid.to(tl.int64) * (FWD_REGIONS * region)
+    region = N_ROWS * DS
+    scr_q = scratch_ptr + pid.to(tl.int64) * PROGRAM_STRIDE
     scr_k = scr_q + region
     scr_v = scr_k + region
     scr_z = scr_v + region
@@ -57,9 +58,9 @@ def fractal_fwd_kernel(
 
         if LEVELS > 1:
             # (A) bottom-up pooling: raw frames -> level 2 sums -> ... -> level L sums.
-            _pool_rows(q_base, sqt, sqd, scr_q, n_t, 1, D, P_WIN, BR_POOL, BD)
-            _pool_rows(k_base, skt, skd, scr_k, n_t, 1, D, P_WIN, BR_POOL, BD)
-            _pool_rows(v_base, svt, svd, scr_v, n_t, 1, D, P_WIN, BR_POOL, BD)
+            _pool_rows(q_base, sqt, sqd, scr_q, DS, n_t, 1, D, P_WIN, BR_POOL, BD)
+            _pool_rows(k_base, skt, skd, scr_k, DS, n_t, 1, D, P_WIN, BR_POOL, BD)
+            _pool_rows(v_base, svt, svd, scr_v, DS, n_t, 1, D, P_WIN, BR_POOL, BD)
             tl.debug_barrier()
             # Runtime loops over levels (not unrolled): one copy of the level code keeps
             # registers low. S: pooling size of the level, RB: its first scratch row.
@@ -67,11 +68,11 @@ def fractal_fwd_kernel(
             RB = tl.full([], 0, tl.int32)
             for _ in range(LEVELS - 2):
                 R = TILE // S
-                _pool_rows(scr_q + RB * D, D, 1, scr_q + (RB + R) * D, n_t, S, D, P_WIN,
+                _pool_rows(scr_q + RB * DS, DS, 1, scr_q + (RB + R) * DS, DS, n_t, S, D, P_WIN,
                            BR_POOL, BD)
-                _pool_rows(scr_k + RB * D, D, 1, scr_k + (RB + R) * D, n_t, S, D, P_WIN,
+                _pool_rows(scr_k + RB * DS, DS, 1, scr_k + (RB + R) * DS, DS, n_t, S, D, P_WIN,
                            BR_POOL, BD)
-                _pool_rows(scr_v + RB * D, D, 1, scr_v + (RB + R) * D, n_t, S, D, P_WIN,
+                _pool_rows(scr_v + RB * DS, DS, 1, scr_v + (RB + R) * DS, DS, n_t, S, D, P_WIN,
                            BR_POOL, BD)
                 tl.debug_barrier()
                 RB += R
@@ -80,7 +81,7 @@ def fractal_fwd_kernel(
             for step in range(LEVELS - 1):
                 n_parent = tl.where(step > 0, n_t, 0)  # the top level has no parent
                 _fwd_level(scr_q, scr_k, scr_v, scr_z, n_t, D, scale, S, RB, RB + TILE // S,
-                           n_parent, P_WIN, BR, BD)
+                           n_parent, DS, P_WIN, BR, BD)
                 tl.debug_barrier()
                 S = S // P_WIN
                 RB -= TILE // S
@@ -97,7 +98,7 @@ def fractal_fwd_kernel(
             z = _gelu(y)
             if LEVELS > 1:
                 parent = rows // P_WIN
-                z += _load_rows(scr_z, parent, D, 1, ok, D, BD)
+                z += _load_rows(scr_z, parent, DS, 1, ok, D, BD)
             _store_rows(o_base, rows, sot, sod, tl.where(ok[:, None], z, 0.0), rows < n_frames,
                         D, BD)
         tl.debug_barrier()  # the next tile reuses this program's scratch
