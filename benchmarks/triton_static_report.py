@@ -133,7 +133,7 @@ def main(argv=None) -> int:
                           f"COMPILE FAILED: {type(e).__name__}: {str(e)[:300]}")
                     failed = True
                     continue
-                chunk = f"{cfg.block_r} rows"
+                chunk = f"{cfg.block_r}/{cfg.block_r_level} rows"
                 flag = ""
                 if (dtype, p, levels, D) == REQUIRED and (st or ld):
                     flag = "  <- required config spills"

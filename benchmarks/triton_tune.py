@@ -24,6 +24,7 @@ from mstr_kernels.ops import triton_fractal as tf  # noqa: E402
 
 CANDIDATES = {
     "chunk": [512, 1024, 2048, 4096],
+    "level_chunk": [256, 512, 1024, 2048],
     "pool_chunk": [1024, 2048, 4096, 8192],
     "num_warps": [2, 4, 8],
     "maxnreg": [None, 64, 80, 96, 128, 168],

@@ -25,14 +25,17 @@ from .triton_fractal_fwd import FWD_REGIONS, fractal_fwd_kernel
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # Under the interpreter programs run one after another: a few exercise the persistent loop.
 INTERPRET_PROGRAMS = 3
-# Per kernel kind: elements of one [BW, BP, BD] attention chunk tensor (bounds registers per
-# thread), of one pooling chunk (pooling holds only the loads: bigger, so a tile's frames are
-# requested at once), warps per program and the register cap given to ptxas (sets how many
-# programs fit on an SM); the scratch of all programs of one launch stays below scratch_mb
-# MiB, so it can stay in L2 (fewer programs otherwise). benchmarks/triton_tune.py sweeps these.
+# Per kernel kind: elements of one [rows, BD] chunk tensor for attention on the frames (bounds
+# registers per thread), for attention on the (short) pooled levels (small, so a level of 3 or
+# 9 rows does not pay for 32), and for pooling; warps per program and the register cap given
+# to ptxas (sets how many programs fit on an SM); the scratch of all programs of one launch
+# stays below scratch_mb MiB, so it can stay in L2 (fewer programs otherwise).
+# benchmarks/triton_tune.py sweeps these on a GPU.
 TUNING = {
-    "fwd": {"chunk": 2048, "pool_chunk": 1024, "num_warps": 4, "maxnreg": 96, "scratch_mb": 32},
-    "bwd": {"chunk": 512, "pool_chunk": 1024, "num_warps": 4, "maxnreg": 128, "scratch_mb": 32},
+    "fwd": {"chunk": 2048, "level_chunk": 512, "pool_chunk": 1024, "num_warps": 4,
+            "maxnreg": 96, "scratch_mb": 32},
+    "bwd": {"chunk": 512, "level_chunk": 512, "pool_chunk": 1024, "num_warps": 4,
+            "maxnreg": 128, "scratch_mb": 32},
 }
 REGISTERS_PER_SM = 65536
 MAX_PROGRAMS_PER_SM = 32
@@ -44,7 +47,8 @@ class LaunchConfig:
     n_rows: int        # scratch rows per region: pooled rows of levels 2..levels
     row_stride: int    # floats between scratch rows: D rounded up to 16 (aligned vector access)
     program_stride: int  # floats of scratch per program, a multiple of 16
-    block_r: int       # rows per attention chunk
+    block_r: int       # rows per attention chunk on the frames (level 1)
+    block_r_level: int  # rows per attention chunk on pooled levels (they are short)
     block_r_pool: int  # rows per pooling chunk
     block_d: int       # D padded to a power of two
     num_warps: int
@@ -52,8 +56,8 @@ class LaunchConfig:
 
 
 def set_tuning(kind: str, **values) -> None:
-    """Change TUNING[kind] (keys: chunk, pool_chunk, num_warps, maxnreg, scratch_mb) for
-    later launches."""
+    """Change TUNING[kind] (keys: chunk, level_chunk, pool_chunk, num_warps, maxnreg,
+    scratch_mb) for later launches."""
     unknown = set(values) - set(TUNING[kind])
     if unknown:
         raise ValueError(f"unknown tuning keys {sorted(unknown)}: allowed are {sorted(TUNING[kind])}")
@@ -80,6 +84,7 @@ def launch_config(p: int, levels: int, D: int, kind: str) -> LaunchConfig:
         floats = (BWD_REGIONS.value * n_rows + tile) * row_stride + 3 * tile
     return LaunchConfig(tile, n_rows, row_stride, max(16, -(-floats // 16) * 16),
                         block_r=fit(tune["chunk"], block_d, tile),
+                        block_r_level=fit(tune["level_chunk"], block_d, max(1, tile // p)),
                         block_r_pool=fit(tune["pool_chunk"], block_d, max(1, tile // p)),
                         block_d=block_d, num_warps=tune["num_warps"],
                         maxnreg=tune["maxnreg"])
@@ -88,7 +93,7 @@ def launch_config(p: int, levels: int, D: int, kind: str) -> LaunchConfig:
 def _meta(cfg: LaunchConfig, kind: str, p: int, levels: int, has_lengths: bool) -> dict:
     meta = dict(HAS_LENGTHS=has_lengths, P_WIN=p, LEVELS=levels, TILE=cfg.tile,
                 N_ROWS=cfg.n_rows, DS=cfg.row_stride, PROGRAM_STRIDE=cfg.program_stride,
-                BR=cfg.block_r, BR_POOL=cfg.block_r_pool, BD=cfg.block_d,
+                BR=cfg.block_r, BR_LEVEL=cfg.block_r_level, BR_POOL=cfg.block_r_pool, BD=cfg.block_d,
                 num_warps=cfg.num_warps)
     if cfg.maxnreg and not INTERPRET:
         meta["maxnreg"] = cfg.maxnreg

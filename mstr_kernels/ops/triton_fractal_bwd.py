@@ -126,8 +126,8 @@ def fractal_bwd_kernel(
         H, T, D, n_tiles, total_tiles, scale,
         HAS_LENGTHS: tl.constexpr, P_WIN: tl.constexpr, LEVELS: tl.constexpr,
         TILE: tl.constexpr, N_ROWS: tl.constexpr, DS: tl.constexpr,
-        PROGRAM_STRIDE: tl.constexpr, BR: tl.constexpr, BR_POOL: tl.constexpr,
-        BD: tl.constexpr):
+        PROGRAM_STRIDE: tl.constexpr, BR: tl.constexpr, BR_LEVEL: tl.constexpr,
+        BR_POOL: tl.constexpr, BD: tl.constexpr):
     pid = tl.program_id(0)
     region = N_ROWS * DS
     scr_q = scratch_ptr + pid.to(tl.int64) * PROGRAM_STRIDE
@@ -178,12 +178,12 @@ def fractal_bwd_kernel(
                 _query_pass(scr_q + RB * DS, DS, 1, scr_k + RB * DS, DS, 1, scr_v + RB * DS, DS, 1,
                             scr_g + RB * DS, DS, 1, scr_aq + RB * DS, DS, 1, scr_aq + RB_UP * DS,
                             n_parent, scr_dy, scr_stats, n_rows, n_t, S, D, scale, True, TILE,
-                            DS, P_WIN, BR, BD)
+                            DS, P_WIN, BR_LEVEL, BD)
                 tl.debug_barrier()
                 _key_pass(scr_q + RB * DS, DS, 1, scr_k + RB * DS, DS, 1, scr_v + RB * DS, DS, 1,
                           scr_ak + RB * DS, scr_av + RB * DS, DS, 1, scr_ak + RB_UP * DS,
                           scr_av + RB_UP * DS, n_parent, scr_dy, scr_stats, n_rows, n_t, S, D,
-                          scale, True, TILE, DS, P_WIN, BR, BD)
+                          scale, True, TILE, DS, P_WIN, BR_LEVEL, BD)
                 tl.debug_barrier()
                 S = S // P_WIN
                 RB -= TILE // S

@@ -41,8 +41,8 @@ def fractal_fwd_kernel(
         H, T, D, n_tiles, total_tiles, scale,
         HAS_LENGTHS: tl.constexpr, P_WIN: tl.constexpr, LEVELS: tl.constexpr,
         TILE: tl.constexpr, N_ROWS: tl.constexpr, DS: tl.constexpr,
-        PROGRAM_STRIDE: tl.constexpr, BR: tl.constexpr, BR_POOL: tl.constexpr,
-        BD: tl.constexpr):
+        PROGRAM_STRIDE: tl.constexpr, BR: tl.constexpr, BR_LEVEL: tl.constexpr,
+        BR_POOL: tl.constexpr, BD: tl.constexpr):
     pid = tl.program_id(0)
     region = N_ROWS * DS
     scr_q = scratch_ptr + pid.to(tl.int64) * PROGRAM_STRIDE
@@ -81,7 +81,7 @@ def fractal_fwd_kernel(
             for step in range(LEVELS - 1):
                 n_parent = tl.where(step > 0, n_t, 0)  # the top level has no parent
                 _fwd_level(scr_q, scr_k, scr_v, scr_z, n_t, D, scale, S, RB, RB + TILE // S,
-                           n_parent, DS, P_WIN, BR, BD)
+                           n_parent, DS, P_WIN, BR_LEVEL, BD)
                 tl.debug_barrier()
                 S = S // P_WIN
                 RB -= TILE // S
