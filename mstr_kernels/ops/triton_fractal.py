@@ -76,6 +76,10 @@ def launch_config(p: int, levels: int, D: int, kind: str) -> LaunchConfig:
     def fit(elements, per_item, most):  # a power of two, at least 1, at most `most`
         return min(triton.next_power_of_2(most), max(1, elements // per_item))
 
+    # Each row of an attention chunk keeps per-key state (gathered row addresses, scores) for
+    # its p partners: bound rows per chunk by p, or small D would mean many rows and spills.
+    max_rows = 1 << (128 // p).bit_length() - 1
+
     n_rows = (tile - p) // (p - 1)  # p + p**2 + ... + p**(levels-1)
     row_stride = -(-D // 16) * 16
     if kind == "fwd":  # pooled q, k, v sums and the top-down sum Z
@@ -83,8 +87,9 @@ def launch_config(p: int, levels: int, D: int, kind: str) -> LaunchConfig:
     else:  # pooled q, k, v, dout; top-down dq, dk, dv; dY of a level; its softmax statistics
         floats = (BWD_REGIONS.value * n_rows + tile) * row_stride + 3 * tile
     return LaunchConfig(tile, n_rows, row_stride, max(16, -(-floats // 16) * 16),
-                        block_r=fit(tune["chunk"], block_d, tile),
-                        block_r_level=fit(tune["level_chunk"], block_d, max(1, tile // p)),
+                        block_r=fit(tune["chunk"], block_d, min(tile, max_rows)),
+                        block_r_level=fit(tune["level_chunk"], block_d,
+                                          min(max(1, tile // p), max_rows)),
                         block_r_pool=fit(tune["pool_chunk"], block_d, max(1, tile // p)),
                         block_d=block_d, num_warps=tune["num_warps"],
                         maxnreg=tune["maxnreg"])
