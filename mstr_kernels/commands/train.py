@@ -12,7 +12,7 @@ def register(sub):
     p = sub.add_parser("train", help="train MSTR or the vanilla baseline on a dataset "
                        "(paper presets; several seeds reported as mean and std)")
     p.add_argument("--dataset", default="synthetic",
-                   help="dataset name (synthetic, iemocap, meld, crema-d; default synthetic)")
+                   help="dataset name (synthetic, iemocap, meld, cremad; default synthetic)")
     p.add_argument("--features-dir", default=None, help="extracted features of a corpus")
     p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
                    help="option of the dataset builder (e.g. num_train=500); repeatable")
