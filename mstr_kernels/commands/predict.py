@@ -23,16 +23,10 @@ def register(sub):
     parser.set_defaults(func=run)
 
 
-def load_model_for_prediction(path, map_location="cpu"):
-    """The one place predict loads a checkpoint: returns (model, meta), meta holding
-    "class_names" and "extractor" (and "fixed_length" when trained on the fixed-length
-    protocol)."""
-    from mstr_kernels.training.checkpoint import load_model
-    return load_model(path, map_location=map_location)
-
-
 def predict_files(files, model, meta, device=None, hubert=None):
-    """[{file, prediction, probabilities: {class: p}}] and [(file, reason)] for failures."""
+    """[{file, prediction, probabilities: {class: p}}] and [(file, reason)] for failures.
+    meta: a checkpoint's, with "class_names", "extractor" and "train_config" (its
+    "fixed_length" is set when trained on the fixed-length protocol)."""
     import torch
 
     from mstr_kernels.data.audio import AudioError, load_audio
@@ -48,7 +42,8 @@ def predict_files(files, model, meta, device=None, hubert=None):
                          f"checkpoint was trained on {settings['feature_dim']}")
     model = model.to(extractor.device).eval()
     max_seconds = settings.get("max_seconds")
-    fixed_length = meta.get("fixed_length")
+    # where `mstr train` records it, and `mstr evaluate` reads it
+    fixed_length = meta.get("train_config", {}).get("fixed_length")
     class_names = list(meta["class_names"])
     results, failures = [], []
     for path in files:
@@ -77,7 +72,8 @@ def predict_files(files, model, meta, device=None, hubert=None):
 
 
 def run(args) -> int:
-    model, meta = load_model_for_prediction(args.checkpoint)
+    from mstr_kernels.training.checkpoint import load_model
+    model, meta = load_model(args.checkpoint)
     results, failures = predict_files(args.files, model, meta, args.device, args.hubert)
     if args.json:
         print(json.dumps(results, indent=1))
