@@ -17,6 +17,9 @@ def register(sub):
     parser.add_argument("--checkpoint", required=True, help="checkpoint written by `mstr train`")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if visible)")
+    parser.add_argument("--backend", default="auto",
+                        help="fractal attention backend (default auto: the checkpoint's training "
+                             "backend may not exist on this machine)")
     parser.add_argument("--hubert", default=None,
                         help="HuBERT checkpoint to use instead of the one recorded in the "
                              "checkpoint (same model, another place)")
@@ -73,7 +76,7 @@ def predict_files(files, model, meta, device=None, hubert=None):
 
 def run(args) -> int:
     from mstr_kernels.training.checkpoint import load_model
-    model, meta = load_model(args.checkpoint)
+    model, meta = load_model(args.checkpoint, backend=args.backend)
     results, failures = predict_files(args.files, model, meta, args.device, args.hubert)
     if args.json:
         print(json.dumps(results, indent=1))
