@@ -21,12 +21,16 @@ $(VENV)/.installed: $(BUILD_INPUTS)
 test: install
 	$(PY) -m pytest tests -q -p no:cacheprovider
 
+# The op on every available backend, the quick benchmark sweep (table, JSON, plots under
+# runs/demo/), and a short synthetic training run of MSTR.
 demo: install
 	$(PY) -m mstr_kernels.cli info
 	$(PY) -m mstr_kernels.cli demo
+	$(PY) -m mstr_kernels.cli bench --quick --json runs/demo/bench.json --plots runs/demo/plots
+	$(PY) -m mstr_kernels.cli train --dataset synthetic --quick --out runs/demo/synthetic
 
 bench: install
-	$(PY) -m mstr_kernels.cli bench --json benchmarks/results/latest.json --plots benchmarks/results/latest
+	$(PY) -m mstr_kernels.cli bench --json runs/bench/latest.json --plots runs/bench/latest
 
 clean:
 	rm -rf build $(VENV) *.egg-info mstr_kernels/_C*.so mstr_kernels/_build_info.json

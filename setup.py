@@ -5,19 +5,22 @@ Environment:
   MSTR_KERNELS_SKIP_EXT=1    pure Python install (reference and Triton backends only)
   MSTR_KERNELS_SKIP_CUDA=1   build only the CPU part of the extension
   MSTR_KERNELS_FORCE_CUDA=1  build the CUDA part or fail the install
-  TORCH_CUDA_ARCH_LIST       default "8.0;9.0+PTX"
-  MAX_JOBS                   parallel compile jobs
+  TORCH_CUDA_ARCH_LIST       default "8.0;9.0+PTX" (sm_80, sm_90 and PTX for newer GPUs)
+  MAX_JOBS                   parallel compile jobs (read by torch's ninja build)
+  CUDA_HOME / CUDA_PATH      the toolkit; otherwise /usr/local/cuda or the nvcc on PATH
 """
 import glob
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 from setuptools import setup
 
 ROOT = Path(__file__).resolve().parent
+DEFAULT_ARCH_LIST = "8.0;9.0+PTX"
 
 
 def env_flag(name):
@@ -25,19 +28,34 @@ def env_flag(name):
 
 
 def find_cuda_home():
-    """torch guesses /usr/local on some machines; prefer a directory that has bin/nvcc."""
+    """The toolkit directory that has bin/nvcc (torch guesses /usr/local on some machines)."""
     candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
     nvcc = shutil.which("nvcc")
     if nvcc:
         candidates.append(str(Path(nvcc).resolve().parent.parent))
     for c in candidates:
         if c and (Path(c) / "bin" / "nvcc").exists():
-            return c
+            return str(Path(c).resolve())
+    return None
+
+
+def nvcc_version(cuda_home):
+    """'13.0' from `nvcc --version`, or None."""
+    try:
+        text = subprocess.run([str(Path(cuda_home) / "bin" / "nvcc"), "--version"],
+                              capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    for token in text.replace(",", " ").split():
+        if token[:1].isdigit() and token.count(".") == 1:
+            return token
     return None
 
 
 def nvidia_wheel_includes():
-    """Headers of the nvidia-* wheels torch depends on (cusparse.h, cublas_v2.h, ...)."""
+    """Headers of the nvidia-* wheels torch depends on (cusparse.h, cublas_v2.h, ...): a bare
+    toolkit lacks them, torch's CUDA headers include them. Passed as -isystem so that the
+    toolkit's own headers (-I) come first."""
     dirs = []
     for site in sys.path:
         for pattern in ("nvidia/*/include", "nvidia/include"):
@@ -46,28 +64,27 @@ def nvidia_wheel_includes():
 
 
 def extensions_and_info():
-    info = {}
     if env_flag("MSTR_KERNELS_SKIP_EXT"):
         return [], {"skipped": "MSTR_KERNELS_SKIP_EXT=1"}, None
     import torch
-    info["torch_version"] = torch.__version__
-    info["torch_cuda_version"] = torch.version.cuda
+    info = {"torch_version": torch.__version__, "torch_cuda_version": torch.version.cuda}
     cuda_home = find_cuda_home()
     force_cuda = env_flag("MSTR_KERNELS_FORCE_CUDA")
     skip_reason = None
     if env_flag("MSTR_KERNELS_SKIP_CUDA"):
         skip_reason = "MSTR_KERNELS_SKIP_CUDA=1"
     elif torch.version.cuda is None:
-        skip_reason = "torch is a CPU-only build"
+        skip_reason = f"torch {torch.__version__} is a CPU-only build"
     elif cuda_home is None:
-        skip_reason = "no CUDA toolkit (nvcc) found; set CUDA_HOME"
+        skip_reason = "no CUDA toolkit found (no bin/nvcc under CUDA_HOME, /usr/local/cuda or PATH)"
     if force_cuda and skip_reason:
         raise RuntimeError(f"MSTR_KERNELS_FORCE_CUDA=1 but the CUDA part cannot be built: {skip_reason}")
     with_cuda = skip_reason is None
     if with_cuda:
         os.environ["CUDA_HOME"] = cuda_home
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
         info["cuda_home"] = cuda_home
+        info["nvcc_version"] = nvcc_version(cuda_home)
         info["cuda_arch_list"] = os.environ["TORCH_CUDA_ARCH_LIST"]
     else:
         info["cuda_skip_reason"] = skip_reason
@@ -77,27 +94,28 @@ def extensions_and_info():
         cpp.CUDA_HOME = cuda_home
     sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").glob("**/*.cpp"))
     cxx_flags = ["-O3", "-std=c++20", "-fopenmp"]
-    define_macros = []
     include_dirs = [str(ROOT / "csrc")]
     if with_cuda:
         sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").glob("**/*.cu"))
-        define_macros.append(("MSTR_WITH_CUDA", None))
-        include_dirs += nvidia_wheel_includes()
+        system_includes = [flag for d in nvidia_wheel_includes() for flag in ("-isystem", d)]
         ext_cls = cpp.CUDAExtension
-        extra = {"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++20", "--use_fast_math",
-                                            "-lineinfo", "-DMSTR_WITH_CUDA"]}
+        extra = {
+            "cxx": cxx_flags + ["-DMSTR_WITH_CUDA"] + system_includes,
+            # No --use_fast_math: expf and erff keep their full float32 accuracy (SPEC bounds).
+            "nvcc": ["-O3", "-std=c++20", "-lineinfo", "-DMSTR_WITH_CUDA"] + system_includes,
+        }
     else:
         ext_cls = cpp.CppExtension
         extra = {"cxx": cxx_flags}
     info["with_cuda"] = with_cuda
     ext = ext_cls("mstr_kernels._C", sources, include_dirs=include_dirs,
-                  define_macros=define_macros, extra_compile_args=extra,
-                  extra_link_args=["-fopenmp"])
+                  extra_compile_args=extra, extra_link_args=["-fopenmp"])
     return [ext], info, cpp.BuildExtension
 
 
 ext_modules, build_info, build_ext = extensions_and_info()
-# Recorded next to the library so that a mismatch at import is explained in words.
+# Recorded next to the library so that a mismatch at import is explained in words
+# (mstr_kernels/ops/extension.py reads it).
 (ROOT / "mstr_kernels" / "_build_info.json").write_text(json.dumps(build_info, indent=1) + "\n")
 
 setup(

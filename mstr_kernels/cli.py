@@ -11,6 +11,10 @@ import sys
 COMMAND_MODULES = (
     "mstr_kernels.commands.info",
     "mstr_kernels.commands.demo",
+    "mstr_kernels.commands.bench",
+    "mstr_kernels.commands.flops",
+    "mstr_kernels.commands.train",
+    "mstr_kernels.commands.evaluate",
     "mstr_kernels.commands.extract",
     "mstr_kernels.commands.predict",
 )

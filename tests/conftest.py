@@ -18,3 +18,17 @@ requires_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (none visi
 def pytest_report_header(config):
     return (f"torch {torch.__version__}, CUDA available: {CUDA}, "
             f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '')}")
+
+
+@pytest.fixture(scope="session")
+def fake_corpora(tmp_path_factory):
+    """IEMOCAP, MELD and CREMA-D folders laid out like the real ones (fake_corpora.py) and a tiny
+    random HuBERT, built once per test session: {"roots", "written", "hubert"}."""
+    from fake_corpora import make_cremad, make_iemocap, make_meld, make_tiny_hubert
+    root = tmp_path_factory.mktemp("fake_corpora")
+    roots = {"iemocap": root / "IEMOCAP_full_release", "meld": root / "MELD.Raw",
+             "cremad": root / "AudioWAV_parent"}
+    written = {"iemocap": make_iemocap(roots["iemocap"]), "meld": make_meld(roots["meld"]),
+               "cremad": make_cremad(roots["cremad"])}
+    make_tiny_hubert(root / "hubert")
+    return {"roots": roots, "written": written, "hubert": root / "hubert"}

@@ -7,27 +7,20 @@ import os
 import pytest
 import torch
 
-from fake_corpora import make_cremad, make_iemocap, make_meld, make_tiny_hubert
 from mstr_kernels.data import build_dataset
 from mstr_kernels.data.corpora import CORPORA, CorpusLayoutError
 from mstr_kernels.features.extract import extract_corpus
 
 
 @pytest.fixture(scope="module")
-def corpora(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpora")
-    roots = {"iemocap": root / "IEMOCAP_full_release", "meld": root / "MELD.Raw",
-             "cremad": root / "AudioWAV_parent"}
-    written = {"iemocap": make_iemocap(roots["iemocap"]), "meld": make_meld(roots["meld"]),
-               "cremad": make_cremad(roots["cremad"])}
-    hubert = root / "hubert"
-    make_tiny_hubert(hubert)
+def corpora(fake_corpora):
+    """The session's fake corpora and their features (layer 2 of the tiny HuBERT)."""
     features = {}
-    for name, corpus_root in roots.items():
-        features[name] = root / f"features_{name}"
-        extract_corpus(name, corpus_root, features[name], str(hubert), 2, num_workers=0,
-                       progress=False, max_seconds=1.0)
-    return {"roots": roots, "written": written, "features": features}
+    for name, corpus_root in fake_corpora["roots"].items():
+        features[name] = corpus_root.parent / f"features_{name}"
+        extract_corpus(name, corpus_root, features[name], str(fake_corpora["hubert"]), 2,
+                       num_workers=0, progress=False, max_seconds=1.0)
+    return dict(fake_corpora, features=features)
 
 
 def test_iemocap_scan_merges_excited_and_reads_only_label_lines(corpora):

@@ -10,7 +10,6 @@ import torch
 from fake_corpora import make_iemocap, make_meld, make_tiny_hubert, tone, write_corrupt, \
     write_mp4, write_wav
 from mstr_kernels import cli
-from mstr_kernels.commands import predict
 from mstr_kernels.data.audio import AudioError, load_audio
 from mstr_kernels.features.extract import extract_corpus
 
@@ -167,49 +166,34 @@ def test_cli_extract(setup, tmp_path, capsys):
 
 # ---- predict -----------------------------------------------------------------------------------
 
-class MeanClassifier(torch.nn.Module):
-    """Stands in for a trained model: (B, T, F) features -> (B, C) logits."""
-
-    def __init__(self, feature_dim, num_classes):
-        super().__init__()
-        self.linear = torch.nn.Linear(feature_dim, num_classes)
-
-    def forward(self, x):
-        return self.linear(torch.tanh(x).mean(dim=1)) * 5
-
-
-def save_test_checkpoint(path, model, meta):
-    from safetensors.torch import save_file
-    save_file(model.state_dict(), path, metadata={"meta": json.dumps(meta)})
-
-
-def load_test_checkpoint(path, map_location="cpu"):
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-    with safe_open(path, framework="pt") as f:
-        meta = json.loads(f.metadata()["meta"])
-    model = MeanClassifier(meta["extractor"]["feature_dim"], len(meta["class_names"]))
-    model.load_state_dict(load_file(path, device=map_location))
+def _tiny_trained_like_checkpoint(path, extractor, fixed_length):
+    """A tiny MSTR saved the way `mstr train` saves its best model, with the extractor
+    settings of the features; its last layer is scaled up so that no two classes nearly tie."""
+    from mstr_kernels.models import MSTRConfig, build_model
+    from mstr_kernels.training.checkpoint import save_checkpoint
+    torch.manual_seed(0)
+    config = MSTRConfig(feature_dim=extractor["feature_dim"], num_classes=4, num_layers=1,
+                        num_heads=2, levels=2, backend="reference")
+    model = build_model("mstr", config).eval()
+    with torch.no_grad():
+        model.classifier[-1].weight.mul_(10)
+    meta = {"model": "mstr", "config": config.to_dict(),
+            "class_names": ["angry", "happy", "neutral", "sad"], "extractor": extractor,
+            "train_config": {"fixed_length": fixed_length}}
+    save_checkpoint(path, model, meta)
     return model, meta
 
 
 @pytest.mark.parametrize("fixed_length", [None, 10])
 def test_predict_gives_the_model_probabilities_on_the_training_features(
-        setup, tmp_path, capsys, monkeypatch, fixed_length):
+        setup, tmp_path, capsys, fixed_length):
     from safetensors.torch import load_file
     out = tmp_path / "features"
     extract_corpus("iemocap", setup / "IEMOCAP", out, str(setup / "hubert_large_like"), 2,
                    num_workers=0, progress=False)
     manifest = json.loads((out / "manifest.json").read_text())
-    torch.manual_seed(0)
-    model = MeanClassifier(32, 4)
-    meta = {"class_names": ["angry", "happy", "neutral", "sad"],
-            "extractor": manifest["extractor"]}
-    if fixed_length:
-        meta["fixed_length"] = fixed_length
     checkpoint = str(tmp_path / "model.safetensors")
-    save_test_checkpoint(checkpoint, model, meta)
-    monkeypatch.setattr(predict, "load_model_for_prediction", load_test_checkpoint)
+    model, meta = _tiny_trained_like_checkpoint(checkpoint, manifest["extractor"], fixed_length)
 
     entries = manifest["utterances"][:3]
     files = [os.path.join(setup / "IEMOCAP", e["source"]) for e in entries]
@@ -223,7 +207,8 @@ def test_predict_gives_the_model_probabilities_on_the_training_features(
         x = load_file(out / entry["file"])["features"].float()
         if fixed_length:
             x = torch.nn.functional.pad(x[:fixed_length], (0, 0, 0, max(0, fixed_length - len(x))))
-        expected = torch.softmax(model(x[None]), dim=-1)[0]
+        with torch.inference_mode():
+            expected = torch.softmax(model(x[None]), dim=-1)[0]
         got = torch.tensor([result["probabilities"][c] for c in meta["class_names"]])
         torch.testing.assert_close(got, expected, atol=2e-3, rtol=0)
         assert result["prediction"] == meta["class_names"][int(expected.argmax())]

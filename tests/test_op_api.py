@@ -162,3 +162,19 @@ def test_autocast_runs_in_autocast_dtype():
     assert out.dtype == torch.bfloat16
     ref = run(q.bfloat16(), k.bfloat16(), v.bfloat16(), p=3, levels=2)
     assert torch.equal(out, ref)
+
+
+def test_nan_in_padding_does_not_leak():
+    g = torch.Generator().manual_seed(6)
+    q, k, v = (x.requires_grad_(True) for x in qkv_views(2, 2, 14, 4, generator=g))
+    lengths = torch.tensor([14, 9])
+    with torch.no_grad():
+        for x in (q, k, v):
+            x[1, :, 9:] = float("nan")
+    out = run(q, k, v, p=3, levels=2, lengths=lengths)
+    dout = torch.randn(out.shape, generator=g)
+    dout[1, :, 9:] = float("nan")
+    grads = torch.autograd.grad(out, (q, k, v), dout)
+    assert torch.isfinite(out).all() and torch.all(out[1, :, 9:] == 0)
+    for grad in grads:
+        assert torch.isfinite(grad).all() and torch.all(grad[1, :, 9:] == 0)

@@ -17,22 +17,19 @@ def register(sub):
     parser.add_argument("--checkpoint", required=True, help="checkpoint written by `mstr train`")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if visible)")
+    parser.add_argument("--backend", default="auto",
+                        help="fractal attention backend (default auto: the checkpoint's training "
+                             "backend may not exist on this machine)")
     parser.add_argument("--hubert", default=None,
                         help="HuBERT checkpoint to use instead of the one recorded in the "
                              "checkpoint (same model, another place)")
     parser.set_defaults(func=run)
 
 
-def load_model_for_prediction(path, map_location="cpu"):
-    """The one place predict loads a checkpoint: returns (model, meta), meta holding
-    "class_names" and "extractor" (and "fixed_length" when trained on the fixed-length
-    protocol)."""
-    from mstr_kernels.training.checkpoint import load_model
-    return load_model(path, map_location=map_location)
-
-
 def predict_files(files, model, meta, device=None, hubert=None):
-    """[{file, prediction, probabilities: {class: p}}] and [(file, reason)] for failures."""
+    """[{file, prediction, probabilities: {class: p}}] and [(file, reason)] for failures.
+    meta: a checkpoint's, with "class_names", "extractor" and "train_config" (its
+    "fixed_length" is set when trained on the fixed-length protocol)."""
     import torch
 
     from mstr_kernels.data.audio import AudioError, load_audio
@@ -48,7 +45,8 @@ def predict_files(files, model, meta, device=None, hubert=None):
                          f"checkpoint was trained on {settings['feature_dim']}")
     model = model.to(extractor.device).eval()
     max_seconds = settings.get("max_seconds")
-    fixed_length = meta.get("fixed_length")
+    # where `mstr train` records it, and `mstr evaluate` reads it
+    fixed_length = meta.get("train_config", {}).get("fixed_length")
     class_names = list(meta["class_names"])
     results, failures = [], []
     for path in files:
@@ -77,7 +75,8 @@ def predict_files(files, model, meta, device=None, hubert=None):
 
 
 def run(args) -> int:
-    model, meta = load_model_for_prediction(args.checkpoint)
+    from mstr_kernels.training.checkpoint import load_model
+    model, meta = load_model(args.checkpoint, backend=args.backend)
     results, failures = predict_files(args.files, model, meta, args.device, args.hubert)
     if args.json:
         print(json.dumps(results, indent=1))

@@ -2,7 +2,9 @@
 
 A corpus is a `DatasetBundle`: class names, feature size, and one or more `Fold`s, each with
 train / valid / test parts. Model selection reads `valid` only, never `test` (SPEC section 3).
-Each part is a torch `Dataset` of `(features (T, F) float tensor, label int)`.
+Each part is a torch `Dataset` of `(features (T, F) float tensor, label int)`. A part should also
+have a `lengths` attribute (frame count of each item): length-bucketed batching reads it instead
+of loading every item.
 """
 from __future__ import annotations
 
@@ -29,7 +31,9 @@ class DatasetBundle:
     # Extractor settings the features were made with (model, layer, sample rate), saved into
     # checkpoints so that `mstr predict` rebuilds the same features; None for synthetic data.
     extractor: Optional[dict] = None
-    # Per-dataset defaults of the paper's protocol (epochs, lr, fixed length, metric).
+    # Defaults of the dataset's protocol (the corpora's come from data/presets.py), under flags:
+    # epochs, lr, batch_size, fixed_length, select_metric ("WA"|"UA"|"WF1"), model (dict of
+    # MSTRConfig overrides).
     preset: Dict[str, object] = field(default_factory=dict)
 
     @property

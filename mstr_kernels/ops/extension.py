@@ -29,12 +29,52 @@ def _import_extension():
         if not info:
             raise ImportError("the C++ extension mstr_kernels._C is not built (install without "
                               "MSTR_KERNELS_SKIP_EXT=1 and with a C++ compiler)") from e
-        built = info.get("torch_version")
-        if built and built != torch.__version__:
-            raise ImportError(f"mstr_kernels._C was built against torch {built} but torch "
-                              f"{torch.__version__} is installed: reinstall mstr-kernels") from e
-        raise ImportError(f"mstr_kernels._C failed to load: {e}") from e
+        raise ImportError(_load_failure_reason(info, e)) from e
     return _C
+
+
+def _load_failure_reason(info: dict, error: Exception) -> str:
+    built = info.get("torch_version")
+    if built and built != torch.__version__:
+        return (f"mstr_kernels._C was built against torch {built} but torch {torch.__version__} "
+                f"is installed: reinstall mstr-kernels ({error})")
+    built_cuda = info.get("torch_cuda_version")
+    if info.get("with_cuda") and built_cuda != torch.version.cuda:
+        return (f"mstr_kernels._C was built for CUDA {built_cuda} but this torch uses CUDA "
+                f"{torch.version.cuda}: reinstall mstr-kernels ({error})")
+    return f"mstr_kernels._C failed to load: {error}"
+
+
+def _arch_list(text: str):
+    """'8.0;9.0+PTX' -> ([(8, 0), (9, 0)], [(9, 0)]): cubin archs and PTX archs."""
+    cubins, ptx = [], []
+    for item in text.replace(",", ";").replace(" ", ";").split(";"):
+        if not item:
+            continue
+        version = item.replace("+PTX", "").split(".")
+        try:
+            arch = (int(version[0]), int(version[1]) if len(version) > 1 else 0)
+        except ValueError:
+            continue
+        cubins.append(arch)
+        if item.endswith("+PTX"):
+            ptx.append(arch)
+    return cubins, ptx
+
+
+def cuda_arch_mismatch(info: dict, capability) -> str | None:
+    """Why the CUDA kernels cannot run on a GPU of this compute capability (None if they can):
+    a cubin for sm_XY runs on X.Y' with Y' >= Y, PTX for X.Y on any later GPU."""
+    arch_list = info.get("cuda_arch_list")
+    if not arch_list:
+        return None
+    cubins, ptx = _arch_list(arch_list)
+    major, minor = capability
+    if any(c[0] == major and c[1] <= minor for c in cubins) or any(a <= (major, minor) for a in ptx):
+        return None
+    return (f"mstr_kernels._C was built for TORCH_CUDA_ARCH_LIST={arch_list!r}, which has no code "
+            f"for this GPU (sm_{major}{minor}): rebuild with TORCH_CUDA_ARCH_LIST="
+            f"\"{major}.{minor}\"")
 
 
 def backend_module(device: str):
@@ -44,5 +84,9 @@ def backend_module(device: str):
         info = build_info()
         raise ImportError("mstr_kernels._C was built without its CUDA part"
                           + (f" ({info['cuda_skip_reason']})" if info.get("cuda_skip_reason") else ""))
+    if device == "cuda" and torch.cuda.is_available():
+        why = cuda_arch_mismatch(build_info(), torch.cuda.get_device_capability())
+        if why:
+            raise ImportError(why)
     return types.SimpleNamespace(fractal_attention_fwd=_C.fractal_attention_fwd,
                                  fractal_attention_bwd=_C.fractal_attention_bwd)

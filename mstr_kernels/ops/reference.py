@@ -28,20 +28,26 @@ def fractal_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     return out.to(q.dtype).transpose(1, 2).contiguous().transpose(1, 2)
 
 
+def drop_padding(x: torch.Tensor, m: torch.Tensor, compute: torch.dtype) -> torch.Tensor:
+    """x in the compute dtype, padded to m's T_pad frames, with exact zeros where m is False: a
+    select, not a product, so NaN or Inf in padding frames cannot leak (NaN * 0 is NaN)."""
+    return torch.where(m, F.pad(x.to(compute), (0, 0, 0, m.shape[2] - x.shape[2])), 0.0)
+
+
 def _reference(q, k, v, lengths, p, levels, scale):
     B, H, T, D = q.shape
     compute = torch.float64 if q.dtype == torch.float64 else torch.float32
     tile = p ** levels
     T_pad = math.ceil(T / tile) * tile  # whole tiles, so every level's view is exact
-    mask = F.pad(frame_mask(B, T, lengths, q.device), (0, T_pad - T)).to(compute)  # (B, T_pad)
+    mask = F.pad(frame_mask(B, T, lengths, q.device), (0, T_pad - T))  # (B, T_pad)
     m = mask[:, None, :, None]
-    qs, ks, vs = (F.pad(x.to(compute), (0, 0, 0, T_pad - T)) * m for x in (q, k, v))
+    qs, ks, vs = (drop_padding(x, m, compute) for x in (q, k, v))
 
     out = torch.zeros(B, H, T_pad, D, dtype=compute, device=q.device)
     for level in range(levels):
         S = p ** level
         n_pooled = T_pad // S
-        count = mask.view(B, n_pooled, S).sum(-1)[:, None, :, None]  # valid frames per group
+        count = mask.view(B, n_pooled, S).sum(-1, dtype=compute)[:, None, :, None]  # valid frames per group
         valid = count > 0
         pooled = [x.view(B, H, n_pooled, S, D).sum(3) / count.clamp(min=1) for x in (qs, ks, vs)]
         qw, kw, vw = (x.view(B, H, n_pooled // p, p, D) for x in pooled)
@@ -52,7 +58,7 @@ def _reference(q, k, v, lengths, p, levels, scale):
         y = (torch.softmax(scores, dim=-1) @ vw).view(B, H, n_pooled, D)
         mixed = F.gelu(y) * valid
         out = out + mixed.repeat_interleave(S, dim=2)
-    return (out * m)[:, :, :T]
+    return torch.where(m, out, 0.0)[:, :, :T]
 
 
 def gelu_grad(x: torch.Tensor) -> torch.Tensor:
@@ -70,15 +76,14 @@ def fractal_attention_reference_backward(dout, q, k, v, lengths, p, levels, scal
     compute = torch.float64 if q.dtype == torch.float64 else torch.float32
     tile = p ** levels
     T_pad = math.ceil(T / tile) * tile
-    mask = F.pad(frame_mask(B, T, lengths, q.device), (0, T_pad - T)).to(compute)
+    mask = F.pad(frame_mask(B, T, lengths, q.device), (0, T_pad - T))
     m = mask[:, None, :, None]
-    qs, ks, vs, douts = (F.pad(x.to(compute), (0, 0, 0, T_pad - T)) * m
-                         for x in (q, k, v, dout))
+    qs, ks, vs, douts = (drop_padding(x, m, compute) for x in (q, k, v, dout))
     grads = [torch.zeros(B, H, T_pad, D, dtype=compute, device=q.device) for _ in range(3)]
     for level in range(levels):
         S = p ** level
         n_pooled = T_pad // S
-        count = mask.view(B, n_pooled, S).sum(-1)[:, None, :, None]
+        count = mask.view(B, n_pooled, S).sum(-1, dtype=compute)[:, None, :, None]
         valid = count > 0
         qw, kw, vw = (x.view(B, H, n_pooled, S, D).sum(3).div(count.clamp(min=1))
                       .view(B, H, n_pooled // p, p, D) for x in (qs, ks, vs))
@@ -98,7 +103,7 @@ def fractal_attention_reference_backward(dout, q, k, v, lengths, p, levels, scal
         for grad, dpooled in zip(grads, (dq_w, dk_w, dv_w)):
             per_frame = dpooled.reshape(B, H, n_pooled, D) / count.clamp(min=1)
             grad += per_frame.repeat_interleave(S, dim=2)
-    return tuple((g * m)[:, :, :T] for g in grads)
+    return tuple(torch.where(m, g, 0.0)[:, :, :T] for g in grads)
 
 
 # The fused-backend contract (backends.py), so the registered custom ops also run the

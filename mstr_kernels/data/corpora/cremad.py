@@ -10,6 +10,7 @@ import os
 import re
 
 from ..base import DatasetBundle, Fold, register_dataset
+from ..presets import PAPER_PRESETS
 from .common import (CorpusLayoutError, FeatureDataset, Problem, ScanResult, Utterance,
                      group_split, list_dir, load_manifest, option_choice, stratified_split)
 
@@ -20,8 +21,6 @@ LABEL_MAP = {"ANG": "anger", "DIS": "disgust", "FEA": "fear", "HAP": "happy", "N
 SENTENCES = ("IEO", "TIE", "IOM", "IWW", "TAI", "MTI", "IWL", "ITH", "DFA", "ITS", "TSI", "WSI")
 LEVELS = ("LO", "MD", "HI", "XX")
 FULL_CORPUS_UTTERANCES = 7442
-PRESET = {"epochs": 100, "lr": 5e-5, "batch_size": 32, "fixed_length": 150,
-          "metrics": ["WA", "UA"], "select_metric": "UA"}
 
 _NAME = re.compile(r"^(\d{4})_([A-Z]{3})_([A-Z]{3})_([A-Z]{2})\.wav$")
 
@@ -79,4 +78,4 @@ def build(features_dir, split="random", test_fraction=0.2, valid_fraction=0.1, s
                 test=FeatureDataset(features_dir, [entries[i] for i in test], CLASS_NAMES))
     return DatasetBundle(name=NAME, class_names=list(CLASS_NAMES),
                          feature_dim=int(manifest["extractor"]["feature_dim"]), folds=[fold],
-                         extractor=manifest["extractor"], preset=dict(PRESET))
+                         extractor=manifest["extractor"], preset=dict(PAPER_PRESETS[NAME]))

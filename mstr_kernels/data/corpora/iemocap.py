@@ -11,6 +11,7 @@ import os
 import re
 
 from ..base import DatasetBundle, Fold, register_dataset
+from ..presets import PAPER_PRESETS
 from .common import (CorpusLayoutError, FeatureDataset, Problem, ScanResult, Utterance,
                      list_dir, load_manifest, option_choice, stratified_split)
 
@@ -19,8 +20,6 @@ CLASS_NAMES = ["angry", "happy", "neutral", "sad"]
 LABEL_MAP = {"ang": "angry", "hap": "happy", "exc": "happy", "neu": "neutral", "sad": "sad"}
 SESSIONS = (1, 2, 3, 4, 5)
 FULL_CORPUS_UTTERANCES = 5531  # labelled utterances of the 4-class task in the full release
-PRESET = {"epochs": 150, "lr": 1e-4, "batch_size": 32, "fixed_length": 326,
-          "metrics": ["WA", "UA"], "select_metric": "UA"}
 
 _LABEL_LINE = re.compile(r"^\[\s*([\d.]+)\s*-\s*([\d.]+)\s*\]\t(\S+)\t(\S+)\t")
 
@@ -108,7 +107,7 @@ def build(features_dir, valid="random", valid_fraction=0.1, seed=0, sessions=Non
             test=FeatureDataset(features_dir, [entries[i] for i in test], CLASS_NAMES)))
     return DatasetBundle(name=NAME, class_names=list(CLASS_NAMES),
                          feature_dim=int(manifest["extractor"]["feature_dim"]), folds=folds,
-                         extractor=manifest["extractor"], preset=dict(PRESET))
+                         extractor=manifest["extractor"], preset=dict(PAPER_PRESETS[NAME]))
 
 
 def _parse_sessions(sessions, present):

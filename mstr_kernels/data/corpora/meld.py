@@ -11,6 +11,7 @@ import csv
 import os
 
 from ..base import DatasetBundle, Fold, register_dataset
+from ..presets import PAPER_PRESETS
 from .common import (CorpusLayoutError, FeatureDataset, Problem, ScanResult, Utterance,
                      list_dir, load_manifest)
 
@@ -23,8 +24,6 @@ SPLITS = {  # split -> (label file, media folder)
 }
 MEDIA_PREFIXES = ("", "final_videos_test")
 REQUIRED_COLUMNS = ("Speaker", "Emotion", "Dialogue_ID", "Utterance_ID")
-PRESET = {"epochs": 150, "lr": 5e-6, "batch_size": 32, "fixed_length": 224,
-          "metrics": ["WF1"], "select_metric": "WF1"}
 
 
 def scan(root) -> ScanResult:
@@ -94,4 +93,4 @@ def build(features_dir):
                    for role, split in (("train", "train"), ("valid", "dev"), ("test", "test"))})
     return DatasetBundle(name=NAME, class_names=list(CLASS_NAMES),
                          feature_dim=int(manifest["extractor"]["feature_dim"]), folds=[fold],
-                         extractor=manifest["extractor"], preset=dict(PRESET))
+                         extractor=manifest["extractor"], preset=dict(PAPER_PRESETS[NAME]))

@@ -1,0 +1,101 @@
+"""Tune the Triton backend's launch knobs on a GPU (TUNING in mstr_kernels/ops/triton_fractal.py).
+
+    python benchmarks/triton_tune.py [--B 32 --H 16 --T 4096 --D 64 --p 3 --levels 4]
+
+q, k, v are views of one (B, T, 3, H, D) bf16 projection, as the model passes them. The memory
+floor is SPEC section 4's: bytes that must move (forward: read q, k, v, write out; backward:
+read q, k, v, dout, write dq, dk, dv) at the device-to-device copy bandwidth measured here.
+Each knob is varied alone from the current best (a greedy sweep); every line prints the time,
+the ratio to the floor and the persistent grid's programs per SM.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.testing import do_bench  # noqa: E402
+
+from mstr_kernels.ops import triton_fractal as tf  # noqa: E402
+
+CANDIDATES = {
+    "chunk": [512, 1024, 2048, 4096],
+    "level_chunk": [256, 512, 1024, 2048],
+    "pool_chunk": [1024, 2048, 4096, 8192],
+    "num_warps": [2, 4, 8],
+    "maxnreg": [None, 64, 80, 96, 128, 168],
+    "scratch_mb": [8, 16, 32, 64],
+}
+
+
+def copy_bandwidth(nbytes: int) -> float:
+    """Bytes per second of a device-to-device copy (read + write counted)."""
+    src = torch.empty(nbytes // 2, dtype=torch.bfloat16, device="cuda")
+    dst = torch.empty_like(src)
+    ms = do_bench(lambda: dst.copy_(src), warmup=25, rep=200)
+    return 2 * nbytes / (ms * 1e-3)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for name, default in (("B", 32), ("H", 16), ("T", 4096), ("D", 64), ("p", 3), ("levels", 4)):
+        parser.add_argument(f"--{name}", type=int, default=default)
+    parser.add_argument("--kinds", nargs="+", default=["fwd", "bwd"])
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("no CUDA GPU visible: nothing to tune")
+        return 1
+    B, H, T, D, p, levels = args.B, args.H, args.T, args.D, args.p, args.levels
+    qkv = torch.randn(B, T, 3, H, D, device="cuda", dtype=torch.bfloat16)
+    q, k, v = (x.transpose(1, 2) for x in qkv.unbind(2))
+    dout = torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+    scale = D ** -0.5
+    tensor_bytes = B * H * T * D * 2
+    bandwidth = copy_bandwidth(4 * tensor_bytes)
+    floors = {"fwd": 4 * tensor_bytes / bandwidth, "bwd": 7 * tensor_bytes / bandwidth}
+    print(f"{torch.cuda.get_device_name()}, triton {triton.__version__}, B={B} H={H} T={T} "
+          f"D={D} p={p} levels={levels} bf16; copy bandwidth {bandwidth / 1e12:.2f} TB/s; "
+          f"floors: fwd {floors['fwd'] * 1e6:.1f} us, bwd {floors['bwd'] * 1e6:.1f} us")
+    calls = {"fwd": lambda: tf.fractal_attention_fwd(q, k, v, None, p, levels, scale),
+             "bwd": lambda: tf.fractal_attention_bwd(dout, q, k, v, None, p, levels, scale)}
+
+    def measure(kind):
+        try:
+            calls[kind]()
+            torch.cuda.synchronize()
+        except Exception as e:  # a knob value that fails to compile or launch is reported
+            return float("inf"), f"{type(e).__name__}: {str(e)[:120]}"
+        plans = list(tf._PLAN_CACHE.values())
+        info = (f"{plans[-1][1]} programs/SM, cap {plans[-1][0].get('maxnreg', 'none')}"
+                if plans else "")
+        return do_bench(calls[kind], warmup=10, rep=100) * 1e-3, info
+
+    for kind in args.kinds:
+        best = dict(tf.TUNING[kind])
+        tf.set_tuning(kind, **best)
+        best_time, info = measure(kind)
+        print(f"\n{kind}: start {best} -> {best_time * 1e6:.1f} us "
+              f"({best_time / floors[kind]:.2f}x floor, {info})")
+        for knob, values in CANDIDATES.items():
+            for value in values:
+                if value == best[knob]:
+                    continue
+                trial = dict(best, **{knob: value})
+                tf.set_tuning(kind, **trial)
+                t, info = measure(kind)
+                print(f"  {knob}={value}: {t * 1e6:.1f} us ({t / floors[kind]:.2f}x, {info})",
+                      flush=True)
+                if t < best_time:
+                    best, best_time = trial, t
+            tf.set_tuning(kind, **best)
+        print(f"{kind}: best {best} -> {best_time * 1e6:.1f} us "
+              f"({best_time / floors[kind]:.2f}x floor)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

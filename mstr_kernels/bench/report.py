@@ -1,0 +1,254 @@
+"""The run's environment, the table on screen, the PNG plots, and SPEC section 4's targets."""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import re
+import subprocess
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+
+# SPEC section 4 (the main GPU configuration and the CPU one).
+GPU_MAIN = dict(dtype="bfloat16", B=32, H=16, D=64, T=4096, p=3, levels=4)
+CPU_MAIN = dict(dtype="float32", B=8, H=16, D=64, T=1024, p=3, levels=4)
+FUSED_GPU = ("cuda", "triton")
+
+
+def _git_commit() -> Optional[str]:
+    """The checkout's commit; MSTR_BENCH_COMMIT names it where the tree has no .git (a copy)."""
+    if os.environ.get("MSTR_BENCH_COMMIT"):
+        return os.environ["MSTR_BENCH_COMMIT"]
+    try:
+        here = Path(__file__).resolve().parent
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, text=True,
+                              capture_output=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _driver() -> Optional[str]:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             text=True, capture_output=True, timeout=20).stdout.strip()
+        return out.splitlines()[0] if out else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device: torch.device) -> dict:
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    gpu = device.type == "cuda"
+    return {
+        "device": device.type,
+        "device_name": torch.cuda.get_device_name(device) if gpu else _cpu_name(),
+        "driver": _driver() if gpu else None,
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "commit": _git_commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+    }
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def results_stem(env: dict) -> str:
+    """`<device-name-slug>-<YYYY-MM-DD>`, the name of a committed results file."""
+    return f"{slug(env['device_name'])}-{env['date'][:10]}"
+
+
+def _fmt(x, spec):
+    """`x` formatted by `spec` (e.g. "10.3f"), or a dash padded to the same width."""
+    return "-".rjust(int(spec.split(".")[0])) if x is None else format(x, spec)
+
+
+def table(rows: List[dict]) -> str:
+    head = (f"{'contender':>18s} {'pass':7s} {'B':>3s} {'H':>3s} {'T':>6s} {'D':>4s} {'dtype':8s} "
+            f"{'p':>2s} {'L':>2s} {'ms':>10s} {'GB/s':>8s} {'/floor':>8s} {'peakMB':>9s} "
+            f"{'x ref':>7s} {'x comp':>7s} {'x sdpa':>7s} {'x flex':>7s}  note")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r['contender']:>18s} {r['pass']:7s} {r['B']:>3d} {r['H']:>3d} {r['T']:>6d} "
+            f"{r['D']:>4d} {r['dtype']:8s} {r['p']:>2d} {r['levels']:>2d} "
+            f"{_fmt(r['median_ms'], '10.3f')} {_fmt(r['gbs'], '8.1f')} "
+            f"{_fmt(r['floor_ratio'], '8.2f')} {_fmt(r['peak_mem_mb'], '9.1f')} "
+            f"{_fmt(r['speedup_vs_reference'], '7.2f')} "
+            f"{_fmt(r['speedup_vs_compiled_reference'], '7.2f')} "
+            f"{_fmt(r.get('speedup_vs_sdpa'), '7.2f')} {_fmt(r.get('speedup_vs_flex'), '7.2f')}  "
+            f"{(r.get('note') or '')[:90]}")
+    return "\n".join(lines)
+
+
+def model_table(rows: List[dict]) -> str:
+    head = f"{'model':>28s} {'B':>3s} {'T':>6s} {'F':>5s} {'dtype':9s} {'step ms':>10s} {'peakMB':>9s} {'x ref':>6s}  note"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['model']:>28s} {r['B']:>3d} {r['T']:>6d} {r['F']:>5d} {r['dtype']:9s} "
+                     f"{_fmt(r['step_ms'], '10.2f')} {_fmt(r['peak_mem_mb'], '9.1f')} "
+                     f"{_fmt(r.get('speedup_vs_reference'), '6.2f')}  {(r.get('note') or '')[:80]}")
+    return "\n".join(lines)
+
+
+def _find(rows, contender, pass_, cfg):
+    for r in rows:
+        if (r["contender"] == contender and r["pass"] == pass_
+                and all(r[k] == v for k, v in cfg.items())):
+            return r
+    return None
+
+
+def targets(result: dict) -> List[dict]:
+    """Each SPEC section 4 target: what it asks, the measured figure, and met / not met /
+    not measured (with why)."""
+    rows, model_rows = result.get("rows", []), result.get("model_rows", [])
+    on_gpu = result["env"]["device"] == "cuda"
+    out = []
+
+    def add(what, target, value, ok, why=None):
+        out.append({"target": what, "device": "cpu" if what.startswith("CPU") else "cuda",
+                    "wanted": target, "value": value,
+                    "status": "not measured" if value is None else ("met" if ok else "not met"),
+                    "why": why if value is None else None})
+
+    gpu_why = None if on_gpu else "needs a CUDA GPU run"
+    for backend in FUSED_GPU:
+        label = f"{backend}, CUDA bf16 B=32 H=16 D=64 T=4096 p=3 L=4"
+        fwd = _find(rows, backend, "fwd", GPU_MAIN) if on_gpu else None
+        both = _find(rows, backend, "fwd+bwd", GPU_MAIN) if on_gpu else None
+        why = gpu_why or "no row for this configuration"
+        for what, r, field, bound, cmp in (
+                ("forward time / floor", fwd, "floor_ratio", 1.25, "le"),
+                ("forward+backward time / floor", both, "floor_ratio", 1.6, "le"),
+                ("forward+backward speedup vs reference eager", both, "speedup_vs_reference", 15, "ge"),
+                ("forward+backward speedup vs compiled reference", both,
+                 "speedup_vs_compiled_reference", 3, "ge")):
+            v = r[field] if r else None
+            add(f"{label}: {what}", f"{'<=' if cmp == 'le' else '>='} {bound}", v,
+                v is not None and (v <= bound if cmp == "le" else v >= bound),
+                (r["note"] if r and r["note"] else why))
+        held = both["held_for_backward_mb"] if both else None
+        add(f"{label}: extra memory held between forward and backward (MiB)", "0", held,
+            held is not None and held < 1.0, why)
+    for backend in FUSED_GPU:
+        fused = next((r for r in model_rows if r["model"] == f"MSTR[{backend}]" and r["B"] == 32
+                      and r["T"] == 326 and r["F"] == 1024 and r["step_ms"]), None) if on_gpu else None
+        ref = next((r for r in model_rows if r["model"] == "MSTR[reference]" and r["B"] == 32
+                    and r["T"] == 326 and r["F"] == 1024 and r["step_ms"]), None) if on_gpu else None
+        v = ref["step_ms"] / fused["step_ms"] if fused and ref else None
+        add(f"MSTR training step B=32 T=326 F=1024 bf16 autocast, {backend} vs reference op",
+            ">= 1.5", v, v is not None and v >= 1.5, gpu_why or "no model rows for it")
+    cpu = _find(rows, "cpu", "fwd+bwd", CPU_MAIN) if not on_gpu else None
+    cpu_why = ("a CPU run covers it" if on_gpu else
+               "no row for CPU float32 B=8 H=16 D=64 T=1024 p=3 L=4 (run without --quick)")
+    for what, field, bound in (("vs reference eager", "speedup_vs_reference", 5),
+                               ("vs compiled reference", "speedup_vs_compiled_reference", 1.5)):
+        v = cpu[field] if cpu else None
+        add(f"CPU backend float32 B=8 H=16 D=64 T=1024 forward+backward {what}", f">= {bound}", v,
+            v is not None and v >= bound, (cpu["note"] if cpu and cpu["note"] else cpu_why))
+    return out
+
+
+def targets_text(items: List[dict], device: Optional[str] = None) -> str:
+    """One line per target; only the targets of `device` when it is given."""
+    lines = []
+    for t in items:
+        if device and t["device"] != device:
+            continue
+        value = "-" if t["value"] is None else f"{t['value']:.3g}"
+        lines.append(f"  [{t['status']:>12s}] {t['target']}: {value} (target {t['wanted']})"
+                     + (f" - {t['why']}" if t["why"] else ""))
+    return "\n".join(lines)
+
+
+def plots(result: dict, out_dir: Path) -> List[Path]:
+    """time vs T (log-log, a line per contender) and peak memory vs T, one pair per pass and
+    per fixed (B, H, D, dtype, p, levels); plus the model's step time vs T."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    rows = [r for r in result["rows"] if r["median_ms"]]
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["B"], r["H"], r["D"], r["dtype"], r["p"], r["levels"]), []).append(r)
+    device = result["env"]["device_name"]
+    # One color per contender across every panel and file.
+    names = sorted({r["contender"] for r in result["rows"]})
+    color = {n: plt.get_cmap("tab10")(i % 10) for i, n in enumerate(names)}
+    for (B, H, D, dtype, p, levels), group in groups.items():
+        tag = f"B{B}-H{H}-D{D}-{dtype}-p{p}-L{levels}"
+        for metric, ylabel, fname in (("median_ms", "median time (ms)", "time"),
+                                      ("peak_mem_mb", "peak memory (MiB)", "memory")):
+            fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+            for ax, pass_ in zip(axes, ("fwd", "fwd+bwd")):
+                for name in sorted({r["contender"] for r in group}):
+                    pts = sorted((r["T"], r[metric]) for r in group
+                                 if r["contender"] == name and r["pass"] == pass_ and r[metric])
+                    if pts:
+                        ax.plot(*zip(*pts), marker="o", label=name, color=color[name])
+                if metric == "median_ms":
+                    floor = sorted((r["T"], r["median_ms"] / r["floor_ratio"]) for r in group
+                                   if r["pass"] == pass_ and r["contender"] == group[0]["contender"])
+                    if floor:
+                        ax.plot(*zip(*floor), "k--", label="memory floor")
+                ax.set_xscale("log", base=2)
+                ax.set_yscale("log")
+                ax.set_xlabel("T (frames)")
+                ax.set_ylabel(ylabel)
+                ax.set_title(f"{pass_}: B={B} H={H} D={D} {dtype} p={p} L={levels}")
+                ax.grid(True, which="both", alpha=0.3)
+                ax.legend(fontsize=8)
+            fig.suptitle(f"fractal attention on {device}")
+            fig.tight_layout()
+            path = out_dir / f"op-{fname}-{tag}.png"
+            fig.savefig(path, dpi=100)
+            plt.close(fig)
+            written.append(path)
+    sweep = [r for r in result.get("model_rows", []) if r.get("sweep") and r["step_ms"]]
+    if sweep:
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+        for ax, metric, ylabel in ((axes[0], "step_ms", "training step (ms)"),
+                                   (axes[1], "peak_mem_mb", "peak memory (MiB)")):
+            for name in sorted({r["model"] for r in sweep}):
+                pts = sorted((r["T"], r[metric]) for r in sweep if r["model"] == name and r[metric])
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", label=name)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("T (frames)")
+            ax.set_ylabel(ylabel)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.suptitle(f"model training step vs T on {device} (linear vs quadratic)")
+        fig.tight_layout()
+        path = out_dir / "model-step-vs-T.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written

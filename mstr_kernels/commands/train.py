@@ -1,0 +1,156 @@
+"""`mstr train`: train MSTR or the vanilla baseline with the paper's presets, several seeds.
+
+Works under `torchrun` (DDP). `mstr train --dataset synthetic` needs no download;
+`--quick` makes it a short demo run."""
+
+# the short synthetic run behind --quick (make demo): small data, few epochs
+QUICK_DATASET_OPTIONS = {"num_train": 640, "num_valid": 160, "num_test": 160, "max_len": 160}
+QUICK_EPOCHS = 6
+
+
+def register(sub):
+    p = sub.add_parser("train", help="train MSTR or the vanilla baseline on a dataset "
+                       "(paper presets; several seeds reported as mean and std)")
+    p.add_argument("--dataset", default="synthetic",
+                   help="dataset name (synthetic, iemocap, meld, cremad; default synthetic)")
+    p.add_argument("--features-dir", default=None, help="extracted features of a corpus")
+    p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="option of the dataset builder (e.g. num_train=500); repeatable")
+    p.add_argument("--model", choices=("mstr", "vanilla"), default="mstr")
+    p.add_argument("--levels", type=int, default=None, help="MSTR scale levels (paper: 4)")
+    p.add_argument("--p", type=int, default=None, help="fractal factor (paper: 3)")
+    p.add_argument("--layers", type=int, default=None, help="blocks (paper: 4)")
+    p.add_argument("--heads", type=int, default=None, help="attention heads (paper: 16)")
+    p.add_argument("--dropout", type=float, default=None, help="block dropout (paper: 0.1)")
+    p.add_argument("--classifier-dropout", type=float, default=None, help="paper: 0.5")
+    p.add_argument("--backend", default="auto", help="fractal attention backend (default auto)")
+    p.add_argument("--epochs", type=int, default=None, help="default: the dataset's preset")
+    p.add_argument("--lr", type=float, default=None, help="default: the dataset's preset")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="global batch size (split over DDP processes); paper: 32")
+    p.add_argument("--seeds", default="0", help="e.g. 0-9 (the paper's) or 0,1,2; default 0")
+    p.add_argument("--folds", default=None, help="comma-separated fold names (default: all)")
+    p.add_argument("--fixed-length", default=None, metavar="N|paper",
+                   help="the paper's protocol: pad or cut every item to N frames, zeros "
+                   "attended ('paper' = the dataset's preset length); default: pad per batch "
+                   "and mask by lengths")
+    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
+                   help="autocast dtype (default none: float32)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader workers (default 4 on CUDA, 0 on CPU)")
+    p.add_argument("--out", default=None, help="output directory (default runs/DATASET-MODEL)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoints in --out (finished runs are kept)")
+    p.add_argument("--checkpoint-every", type=int, default=50,
+                   help="optimizer steps between mid-epoch checkpoints (0: only epoch ends)")
+    p.add_argument("--log-every", type=int, default=10, help="steps between progress updates")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--quick", action="store_true",
+                   help=f"short synthetic demo: a small dataset and {QUICK_EPOCHS} epochs")
+    p.add_argument("--compare", action="store_true",
+                   help="train MSTR, a single-level MSTR (levels=1) and the vanilla baseline "
+                   "on the same data and seeds, and print them side by side")
+    p.set_defaults(func=run)
+
+
+def parse_options(items):
+    import json
+    options = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--dataset-option {item!r} must be KEY=VALUE")
+        key, value = item.split("=", 1)
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+def build_configs(args, bundle):
+    """(model config, train config) from the dataset's preset, overridden by the flags."""
+    from mstr_kernels.models import MSTRConfig
+    from mstr_kernels.training import TrainConfig
+    preset = dict(bundle.preset or {})
+    model_kw = dict(feature_dim=bundle.feature_dim, num_classes=bundle.num_classes,
+                    backend=args.backend, **preset.get("model", {}))
+    for flag, key in (("levels", "levels"), ("p", "p"), ("layers", "num_layers"),
+                      ("heads", "num_heads"), ("dropout", "dropout"),
+                      ("classifier_dropout", "classifier_dropout")):
+        if getattr(args, flag) is not None:
+            model_kw[key] = getattr(args, flag)
+    model_kw["attention"] = "fractal" if args.model == "mstr" else "full"
+    fixed = args.fixed_length
+    if fixed == "paper":
+        if "fixed_length" not in preset:
+            raise ValueError(f"--fixed-length paper: dataset {bundle.name!r} has no preset length")
+        fixed = int(preset["fixed_length"])
+    elif fixed is not None:
+        fixed = int(fixed)
+    epochs = args.epochs if args.epochs is not None else preset.get("epochs")
+    if args.quick and args.epochs is None:
+        epochs = QUICK_EPOCHS
+    lr = args.lr if args.lr is not None else preset.get("lr")
+    if epochs is None or lr is None:
+        raise ValueError(f"dataset {bundle.name!r} has no preset epochs/lr: pass --epochs, --lr")
+    train = TrainConfig(epochs=epochs, lr=lr,
+                        batch_size=args.batch_size or preset.get("batch_size", 32),
+                        fixed_length=fixed, select_metric=preset.get("select_metric", "UA"),
+                        amp=args.amp, compile=args.compile, device=args.device,
+                        workers=args.workers, log_every=args.log_every,
+                        checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
+    return MSTRConfig(**model_kw), train
+
+
+def run(args) -> int:
+    import dataclasses
+    import json
+    import os
+
+    from mstr_kernels.data import build_dataset
+    from mstr_kernels.training.distributed import init_distributed, shutdown_distributed
+    from mstr_kernels.training.experiment import format_comparison, format_table, run_experiment
+    from mstr_kernels.training.seeding import parse_seeds
+    from mstr_kernels.training.trainer import resolve_device
+
+    options = parse_options(args.dataset_option)
+    if args.quick:
+        if args.dataset != "synthetic":
+            raise ValueError(f"--quick is the short synthetic demo; dataset={args.dataset!r}")
+        options = {**QUICK_DATASET_OPTIONS, **options}
+    seeds = parse_seeds(args.seeds)
+    bundle = build_dataset(args.dataset, args.features_dir, **options)
+    model_config, train_config = build_configs(args, bundle)
+    variants = [(args.model, model_config)]
+    if args.compare:  # the paper's comparison: MSTR, single-level MSTR, the vanilla baseline
+        variants = [("mstr", dataclasses.replace(model_config, attention="fractal")),
+                    ("mstr", dataclasses.replace(model_config, attention="fractal", levels=1)),
+                    ("vanilla", dataclasses.replace(model_config, attention="full"))]
+    ctx = init_distributed(resolve_device(args.device, _NoCtx()).type)
+    try:
+        base = args.out or os.path.join("runs", bundle.name)
+        all_results = []
+        for model_name, config in variants:
+            name = "vanilla" if model_name == "vanilla" else f"mstr-L{config.levels}"
+            out = os.path.join(base, name) if args.compare or args.out is None else base
+            results = run_experiment(model_name, config, bundle, train_config, seeds, out,
+                                     folds=args.folds.split(",") if args.folds else None,
+                                     ctx=ctx, resume=args.resume)
+            all_results.append(results)
+            if ctx.is_main:
+                print(format_table(results))
+                print(f"results: {os.path.join(out, 'results.json')}\n")
+        if args.compare and ctx.is_main:
+            print(format_comparison(all_results))
+            with open(os.path.join(base, "comparison.json"), "w") as f:
+                json.dump([{k: r[k] for k in ("model", "config", "params", "summary")}
+                           for r in all_results], f, indent=2)
+    finally:
+        shutdown_distributed(ctx)
+    return 0
+
+
+class _NoCtx:
+    local_rank = 0

@@ -1,0 +1,207 @@
+"""The `triton` backend: one fused Triton launch for the forward, one for the backward.
+
+Implements the fused backend contract of backends.py: `fractal_attention_fwd(q, k, v, lengths,
+p, levels, scale)` and `fractal_attention_bwd(dout, q, k, v, lengths, p, levels, scale)`.
+Inputs are read in place through their strides (views of a (B, T, 3, H, D) projection need no
+copy); outputs are (B, H, T, D) tensors laid out as (B, T, H, D).
+
+The grid is persistent: a few programs per SM, each walking tiles and reusing its own fp32
+scratch (pooled rows of every level), which then stays in L2. Under TRITON_INTERPRET=1 the
+same kernels run on CPU tensors (how the tests run without a GPU).
+"""
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import triton
+
+from .triton_fractal_bwd import BWD_REGIONS, fractal_bwd_kernel
+from .triton_fractal_fwd import FWD_REGIONS, fractal_fwd_kernel
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+# Under the interpreter programs run one after another: a few exercise the persistent loop.
+INTERPRET_PROGRAMS = 3
+# Per kernel kind: elements of one [rows, BD] chunk tensor for attention on the frames (bounds
+# registers per thread), for attention on the (short) pooled levels (small, so a level of 3 or
+# 9 rows does not pay for 32), and for pooling; warps per program and the register cap given
+# to ptxas (sets how many programs fit on an SM); the scratch of all programs of one launch
+# stays below scratch_mb MiB, so it can stay in L2 (fewer programs otherwise).
+# benchmarks/triton_tune.py sweeps these on a GPU.
+TUNING = {
+    "fwd": {"chunk": 2048, "level_chunk": 512, "pool_chunk": 1024, "num_warps": 4,
+            "maxnreg": 96, "scratch_mb": 32},
+    "bwd": {"chunk": 512, "level_chunk": 512, "pool_chunk": 1024, "num_warps": 4,
+            "maxnreg": 128, "scratch_mb": 32},
+}
+REGISTERS_PER_SM = 65536
+MAX_PROGRAMS_PER_SM = 32
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    tile: int          # p ** levels frames per tile
+    n_rows: int        # scratch rows per region: pooled rows of levels 2..levels
+    row_stride: int    # floats between scratch rows: D rounded up to 16 (aligned vector access)
+    program_stride: int  # floats of scratch per program, a multiple of 16
+    block_r: int       # rows per attention chunk on the frames (level 1)
+    block_r_level: int  # rows per attention chunk on pooled levels (they are short)
+    block_r_pool: int  # rows per pooling chunk
+    block_d: int       # D padded to a power of two
+    num_warps: int
+    maxnreg: Optional[int]
+
+
+def set_tuning(kind: str, **values) -> None:
+    """Change TUNING[kind] (keys: chunk, level_chunk, pool_chunk, num_warps, maxnreg,
+    scratch_mb) for later launches."""
+    unknown = set(values) - set(TUNING[kind])
+    if unknown:
+        raise ValueError(f"unknown tuning keys {sorted(unknown)}: allowed are {sorted(TUNING[kind])}")
+    TUNING[kind].update(values)
+    launch_config.cache_clear()
+    _PLAN_CACHE.clear()
+
+
+@functools.lru_cache(maxsize=None)
+def launch_config(p: int, levels: int, D: int, kind: str) -> LaunchConfig:
+    """Block sizes for one (p, levels, D) and kernel kind ('fwd' or 'bwd')."""
+    tune = TUNING[kind]
+    tile = p ** levels
+    block_d = triton.next_power_of_2(D)
+
+    def fit(elements, per_item, most):  # a power of two, at least 1, at most `most`
+        return min(triton.next_power_of_2(most), max(1, elements // per_item))
+
+    # Each row of an attention chunk keeps per-key state (gathered row addresses, scores) for
+    # its p partners: bound rows per chunk by p, or small D would mean many rows and spills.
+    max_rows = 1 << (128 // p).bit_length() - 1
+
+    n_rows = (tile - p) // (p - 1)  # p + p**2 + ... + p**(levels-1)
+    row_stride = -(-D // 16) * 16
+    if kind == "fwd":  # pooled q, k, v sums and the top-down sum Z
+        floats = FWD_REGIONS.value * n_rows * row_stride
+    else:  # pooled q, k, v, dout; top-down dq, dk, dv; dY of a level; its softmax statistics
+        floats = (BWD_REGIONS.value * n_rows + tile) * row_stride + 3 * tile
+    return LaunchConfig(tile, n_rows, row_stride, max(16, -(-floats // 16) * 16),
+                        block_r=fit(tune["chunk"], block_d, min(tile, max_rows)),
+                        block_r_level=fit(tune["level_chunk"], block_d,
+                                          min(max(1, tile // p), max_rows)),
+                        block_r_pool=fit(tune["pool_chunk"], block_d, max(1, tile // p)),
+                        block_d=block_d, num_warps=tune["num_warps"],
+                        maxnreg=tune["maxnreg"])
+
+
+def _meta(cfg: LaunchConfig, kind: str, p: int, levels: int, has_lengths: bool) -> dict:
+    meta = dict(HAS_LENGTHS=has_lengths, P_WIN=p, LEVELS=levels, TILE=cfg.tile,
+                N_ROWS=cfg.n_rows, DS=cfg.row_stride, PROGRAM_STRIDE=cfg.program_stride,
+                BR=cfg.block_r, BR_LEVEL=cfg.block_r_level, BR_POOL=cfg.block_r_pool, BD=cfg.block_d,
+                num_warps=cfg.num_warps)
+    if cfg.maxnreg and not INTERPRET:
+        meta["maxnreg"] = cfg.maxnreg
+    return meta
+
+
+_PLAN_CACHE: dict = {}
+
+
+def _occupancy(compiled, device: torch.device) -> int:
+    """Programs of a compiled kernel that fit on one SM at once (registers, shared memory,
+    threads)."""
+    props = torch.cuda.get_device_properties(device)
+    num_warps = compiled.metadata.num_warps
+    regs_per_warp = -(-max(compiled.n_regs, 1) * 32 // 256) * 256  # allocation unit 256
+    by_regs = REGISTERS_PER_SM // (regs_per_warp * num_warps)
+    smem = compiled.metadata.shared
+    smem_per_sm = getattr(props, "shared_memory_per_multiprocessor", 228 * 1024)
+    by_smem = smem_per_sm // smem if smem else MAX_PROGRAMS_PER_SM
+    by_threads = props.max_threads_per_multi_processor // (32 * num_warps)
+    return max(1, min(by_regs, by_smem, by_threads, MAX_PROGRAMS_PER_SM))
+
+
+def _plan(kernel, args, meta, device: torch.device):
+    """(launch options, programs per SM) for the kernel compiled for these arguments. The
+    register cap is dropped where it makes ptxas spill (a cap is tuned for the common shapes),
+    and the persistent grid launches exactly as many programs per SM as fit, so none waits."""
+    key = (kernel.fn.__name__, device.index, tuple(sorted(meta.items())),
+           tuple((a.dtype, a.stride()[-1] == 1) if isinstance(a, torch.Tensor) else
+                 (type(a), a == 1, isinstance(a, int) and a % 16 == 0) for a in args))
+    if key not in _PLAN_CACHE:
+        compiled = kernel.warmup(*args, grid=(1,), **meta)
+        compiled._init_handles()
+        if compiled.n_spills and "maxnreg" in meta:
+            meta = {k: v for k, v in meta.items() if k != "maxnreg"}
+            compiled = kernel.warmup(*args, grid=(1,), **meta)
+            compiled._init_handles()
+        _PLAN_CACHE[key] = (meta, _occupancy(compiled, device))
+    return _PLAN_CACHE[key]
+
+
+def _launch(kernel, kind, tensors, scalars, meta, total_tiles, scratch_per_program, device):
+    """Launch the persistent grid over `total_tiles` tiles with a scratch per program."""
+    if INTERPRET or device.type != "cuda":
+        n_programs = INTERPRET_PROGRAMS
+    else:
+        probe = torch.empty(1, dtype=torch.float32, device=device)
+        meta, per_sm = _plan(kernel, (*tensors, probe, *scalars), meta, device)
+        n_programs = per_sm * torch.cuda.get_device_properties(device).multi_processor_count
+    if scratch_per_program:
+        max_bytes = TUNING[kind]["scratch_mb"] << 20
+        n_programs = min(n_programs, max(1, max_bytes // (4 * scratch_per_program)))
+    n_programs = max(1, min(total_tiles, n_programs))
+    scratch = _scratch(n_programs, scratch_per_program, device)
+    kernel[(n_programs,)](*tensors, scratch, *scalars, **meta)
+
+
+def _scratch(n_programs: int, elements_per_program: int, device: torch.device) -> torch.Tensor:
+    numel = max(1, n_programs * elements_per_program)
+    if INTERPRET:
+        # NaN-filled, so a read of a row the kernel never wrote shows up in the tests.
+        return torch.full((numel,), float("nan"), dtype=torch.float32, device=device)
+    return torch.empty(numel, dtype=torch.float32, device=device)
+
+
+def _empty_out(x: torch.Tensor) -> torch.Tensor:
+    B, H, T, D = x.shape
+    return x.new_empty((B, T, H, D)).transpose(1, 2)
+
+
+def _lengths_arg(lengths: Optional[torch.Tensor], q: torch.Tensor):
+    return (lengths, True) if lengths is not None else (q, False)  # q: an unused valid pointer
+
+
+def fractal_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                          lengths: Optional[torch.Tensor], p: int, levels: int,
+                          scale: float) -> torch.Tensor:
+    B, H, T, D = q.shape
+    out = _empty_out(q)
+    cfg = launch_config(p, levels, D, "fwd")
+    n_tiles = triton.cdiv(T, cfg.tile)
+    lengths_ptr, has_lengths = _lengths_arg(lengths, q)
+    scalars = (*q.stride(), *k.stride(), *v.stride(), *out.stride(),
+               H, T, D, n_tiles, B * H * n_tiles, float(scale))
+    _launch(fractal_fwd_kernel, "fwd", (q, k, v, out, lengths_ptr), scalars,
+            _meta(cfg, "fwd", p, levels, has_lengths), B * H * n_tiles,
+            cfg.program_stride, q.device)
+    return out
+
+
+def fractal_attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                          v: torch.Tensor, lengths: Optional[torch.Tensor], p: int,
+                          levels: int, scale: float):
+    B, H, T, D = q.shape
+    dq, dk, dv = _empty_out(q), _empty_out(q), _empty_out(q)
+    cfg = launch_config(p, levels, D, "bwd")
+    n_tiles = triton.cdiv(T, cfg.tile)
+    lengths_ptr, has_lengths = _lengths_arg(lengths, q)
+    if dout.dtype != q.dtype:  # autograd may hand a gradient of another dtype
+        dout = dout.to(q.dtype)
+    scalars = (*dout.stride(), *q.stride(), *k.stride(), *v.stride(), *dq.stride(),
+               H, T, D, n_tiles, B * H * n_tiles, float(scale))
+    _launch(fractal_bwd_kernel, "bwd", (dout, q, k, v, dq, dk, dv, lengths_ptr), scalars,
+            _meta(cfg, "bwd", p, levels, has_lengths), B * H * n_tiles,
+            cfg.program_stride, q.device)
+    return dq, dk, dv

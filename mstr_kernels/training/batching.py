@@ -1,0 +1,98 @@
+"""Length-bucketed batches (default) and padding collation.
+
+Each epoch shuffles the items with a generator seeded by (seed, epoch), sorts pools of
+`pool_batches` batches by length, cuts them into batches of similar lengths and shuffles the
+batch order: little padding, still random. Under DDP every global batch is split between the
+ranks (rank r takes items r, r+W, ...), so W processes see exactly the global batches of one
+(except that a last batch of fewer than W items joins the one before).
+"""
+from __future__ import annotations
+
+from typing import Iterator, List, Optional, Sequence
+
+import torch
+from torch.utils.data import Sampler
+
+
+class LengthBucketBatchSampler(Sampler[List[int]]):
+    def __init__(self, lengths: Sequence[int], batch_size: int, *, shuffle: bool = True,
+                 bucket: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 pool_batches: int = 50):
+        if batch_size < world_size:
+            raise ValueError(f"batch_size={batch_size} must be >= world_size={world_size}: "
+                             f"each global batch is split between the processes")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
+        self.lengths = list(lengths)
+        self.batch_size, self.shuffle, self.bucket = batch_size, shuffle, bucket
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.pool_batches = pool_batches
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Which epoch's order to produce, and the global batch to start from (resume)."""
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def global_batches(self) -> List[List[int]]:
+        n = len(self.lengths)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(n, generator=g).tolist()
+        else:
+            order = list(range(n))
+        if self.bucket:
+            pool = self.batch_size * self.pool_batches
+            order = [i for s in range(0, n, pool)
+                     for i in sorted(order[s:s + pool], key=lambda i: self.lengths[i])]
+        batches = [order[s:s + self.batch_size] for s in range(0, n, self.batch_size)]
+        if len(batches) > 1 and len(batches[-1]) < self.world_size:
+            # too few items to give every rank one: they join the previous batch
+            batches[-2].extend(batches.pop())
+        if self.shuffle:
+            perm = torch.randperm(len(batches), generator=g).tolist()
+            batches = [batches[i] for i in perm]
+        return batches
+
+    def __iter__(self) -> Iterator[List[int]]:
+        for batch in self.global_batches()[self.start_batch:]:
+            yield batch[self.rank::self.world_size]
+
+    def __len__(self) -> int:
+        n, b = len(self.lengths), self.batch_size
+        batches = -(-n // b)
+        if batches > 1 and 0 < n % b < self.world_size:
+            batches -= 1
+        return max(0, batches - self.start_batch)
+
+
+def sequence_lengths(dataset) -> List[int]:
+    """Frame counts of a dataset's items: its `lengths` attribute when it has one (corpora should:
+    it saves reading every item), else by reading each item."""
+    lengths = getattr(dataset, "lengths", None)
+    if lengths is not None:
+        return [int(n) for n in lengths]
+    return [int(dataset[i][0].shape[0]) for i in range(len(dataset))]
+
+
+class PadCollate:
+    """Items (features (T, F), label) -> (x (B, T_max, F), lengths (B,), labels (B,), T_total).
+
+    fixed_length=None pads to the longest item of the batch; fixed_length=N pads or cuts every
+    item to N frames (the paper's protocol; lengths are then cut to N too)."""
+
+    def __init__(self, fixed_length: Optional[int] = None):
+        if fixed_length is not None and fixed_length < 1:
+            raise ValueError(f"fixed_length={fixed_length} must be >= 1 or None")
+        self.fixed_length = fixed_length
+
+    def __call__(self, items):
+        feats = [torch.as_tensor(f) for f, _ in items]
+        if self.fixed_length is not None:
+            feats = [f[:self.fixed_length] for f in feats]
+        lengths = torch.tensor([f.shape[0] for f in feats], dtype=torch.int64)
+        T = self.fixed_length if self.fixed_length is not None else max(int(lengths.max()), 1)
+        x = feats[0].new_zeros((len(feats), T, feats[0].shape[1]))
+        for i, f in enumerate(feats):
+            x[i, :f.shape[0]] = f
+        labels = torch.tensor([int(y) for _, y in items], dtype=torch.int64)
+        return x, lengths, labels

@@ -1,0 +1,205 @@
+"""`mstr bench`: the results JSON, the floor ratio tied to the copy bandwidth of the same run,
+FlexAttention's equality check, and the SPEC section 4 target verdicts. Tiny shapes, CPU."""
+import json
+import math
+
+import pytest
+import torch
+
+from mstr_kernels import cli
+from mstr_kernels.bench import report
+from mstr_kernels.bench.contenders import (FLEX, SDPA, Contender, Shape, check_same_function,
+                                           flex_contender, verify)
+from mstr_kernels.bench.op_bench import PASSES, TENSORS_MOVED, floor_bytes
+
+ROW_KEYS = {"contender", "pass", "B", "H", "T", "D", "dtype", "p", "levels", "median_ms", "gbs",
+            "floor_ratio", "peak_mem_mb", "speedup_vs_reference",
+            "speedup_vs_compiled_reference"}
+ENV_KEYS = {"device_name", "driver", "torch", "triton", "cuda", "commit", "date", "threads"}
+CPU = torch.device("cpu")
+
+
+def has_flex():
+    try:
+        import torch.nn.attention.flex_attention  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    argv = ["bench", "--device", "cpu", "--quick", "--T", "20", "31", "--B", "1", "--H", "2",
+            "--D", "8", "--p", "3", "--levels", "2", "--budget", "0.02", "--no-model",
+            "--contenders", "reference", "cpu", SDPA, FLEX,
+            "--json", str(out / "r.json"), "--plots", str(out / "plots")]
+    assert cli.main(argv) == 0
+    return json.loads((out / "r.json").read_text()), out
+
+
+def test_json_schema(quick_run):
+    result, _ = quick_run
+    assert ENV_KEYS <= set(result["env"])
+    assert result["env"]["device"] == "cpu" and result["env"]["threads"] >= 1
+    assert result["copy_gbs"] > 0
+    assert result["model_rows"] == [] and result["model_skipped"] == "--no-model"
+    rows = result["rows"]
+    for row in rows:
+        assert ROW_KEYS <= set(row), ROW_KEYS - set(row)
+        assert row["pass"] in PASSES
+    # every contender asked for, each T, each pass, has a row (a figure or the reason it has none)
+    names = {"reference", SDPA, FLEX} | ({"cpu"} if "cpu" in {r["contender"] for r in rows} else set())
+    for name in names:
+        for T in (20, 31):
+            for pass_ in PASSES:
+                match = [r for r in rows if (r["contender"], r["T"], r["pass"]) == (name, T, pass_)]
+                assert len(match) == 1, (name, T, pass_)
+                assert match[0]["median_ms"] is not None or match[0]["note"]
+    ref = [r for r in rows if r["contender"] == "reference"]
+    assert all(r["median_ms"] > 0 and r["speedup_vs_reference"] == 1.0 for r in ref)
+    assert all(r["speedup_vs_compiled_reference"] is None for r in rows)  # not in this run
+    for r in ref:
+        sdpa = next(x for x in rows if x["contender"] == SDPA
+                    and (x["T"], x["pass"]) == (r["T"], r["pass"]))
+        assert math.isclose(r["speedup_vs_sdpa"], sdpa["median_ms"] / r["median_ms"])
+    assert {t["status"] for t in result["targets"]} <= {"met", "not met", "not measured"}
+
+
+def test_floor_ratio_uses_this_runs_copy_bandwidth(quick_run):
+    result, _ = quick_run
+    timed = [r for r in result["rows"] if r["median_ms"]]
+    assert timed
+    for r in timed:
+        shape = Shape(r["B"], r["H"], r["T"], r["D"], getattr(torch, r["dtype"]), r["p"],
+                      r["levels"])
+        nbytes = floor_bytes(shape, r["pass"])
+        assert nbytes == TENSORS_MOVED[r["pass"]] * r["B"] * r["H"] * r["T"] * r["D"] * 4
+        floor_ms = nbytes / (result["copy_gbs"] * 1e9) * 1e3
+        assert math.isclose(r["floor_ratio"], r["median_ms"] / floor_ms, rel_tol=1e-9)
+        assert math.isclose(r["gbs"], nbytes / (r["median_ms"] * 1e-3) / 1e9, rel_tol=1e-9)
+
+
+def test_plots_written(quick_run):
+    pytest.importorskip("matplotlib")
+    _, out = quick_run
+    names = sorted(p.name for p in (out / "plots").glob("*.png"))
+    assert names == ["op-memory-B1-H2-D8-float32-p3-L2.png", "op-time-B1-H2-D8-float32-p3-L2.png"]
+
+
+@pytest.mark.skipif(not has_flex(), reason="this torch has no torch.nn.attention.flex_attention")
+def test_flex_rows_are_checked_then_timed(quick_run):
+    result, _ = quick_run
+    flex = [r for r in result["rows"] if r["contender"] == FLEX]
+    fwd = [r for r in flex if r["pass"] == "fwd"]
+    assert all(r["median_ms"] for r in fwd), [r["note"] for r in fwd]
+
+
+@pytest.mark.skipif(not has_flex(), reason="this torch has no torch.nn.attention.flex_attention")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_flex_window_computes_the_reference_function(dtype):
+    shape = Shape(B=1, H=2, T=40, D=8, dtype=dtype, p=3, levels=3)
+    contender = flex_contender(shape, CPU)
+    verify(contender, shape, CPU)
+    assert contender.fn is not None, contender.unavailable
+
+
+@pytest.mark.skipif(not has_flex(), reason="this torch has no torch.nn.attention.flex_attention")
+def test_equality_check_rejects_a_different_function():
+    shape = Shape(B=1, H=2, T=40, D=8, dtype=torch.float32, p=3, levels=3)
+    # FlexAttention built for p=2 is a different function from the reference at p=3.
+    wrong = flex_contender(Shape(1, 2, 40, 8, torch.float32, 2, 3), CPU)
+    wrong.maker = lambda s, d: flex_contender(Shape(s.B, s.H, s.T, s.D, s.dtype, 2, s.levels), d)
+    verify(wrong, shape, CPU)
+    assert wrong.fn is None and "relative L2 error" in wrong.unavailable
+    full = Contender(SDPA, "baseline", torch.nn.functional.scaled_dot_product_attention)
+    assert "differs from the reference" in check_same_function(full, shape, CPU, grads=True)
+
+
+def _result(device, rows, model_rows=()):
+    return {"env": {"device": device}, "rows": rows, "model_rows": list(model_rows)}
+
+
+def test_targets_verdicts():
+    main = dict(report.GPU_MAIN)
+    rows = [dict(main, contender="triton", **{"pass": "fwd"}, floor_ratio=1.2,
+                 speedup_vs_reference=20.0, speedup_vs_compiled_reference=4.0,
+                 held_for_backward_mb=0.0, note=None),
+            dict(main, contender="triton", **{"pass": "fwd+bwd"}, floor_ratio=1.9,
+                 speedup_vs_reference=20.0, speedup_vs_compiled_reference=2.0,
+                 held_for_backward_mb=0.0, note=None)]
+    got = {t["target"].split(": ", 1)[1]: t["status"]
+           for t in report.targets(_result("cuda", rows)) if t["target"].startswith("triton")}
+    assert got == {"forward time / floor": "met", "forward+backward time / floor": "not met",
+                   "forward+backward speedup vs reference eager": "met",
+                   "forward+backward speedup vs compiled reference": "not met",
+                   "extra memory held between forward and backward (MiB)": "met"}
+    cpu_rows = [dict(report.CPU_MAIN, contender="cpu", **{"pass": "fwd+bwd"},
+                     speedup_vs_reference=6.0, speedup_vs_compiled_reference=1.2, note=None)]
+    cpu = [t for t in report.targets(_result("cpu", cpu_rows)) if t["target"].startswith("CPU")]
+    assert [t["status"] for t in cpu] == ["met", "not met"]
+    assert all(t["status"] == "not measured" and t["why"]
+               for t in report.targets(_result("cpu", cpu_rows)) if "CUDA" in t["target"])
+
+
+def test_model_bench_rows_or_clear_import_error():
+    from mstr_kernels.bench.model_bench import run_model_bench
+    kwargs = dict(B=2, T=20, F_dim=32, num_layers=1, num_heads=2, sweep_T=[40], sweep_B=1,
+                  steps=2, budget_s=0.0, progress=lambda line: None)
+    try:
+        import mstr_kernels.models  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="needs mstr_kernels.models"):
+            run_model_bench(CPU, ["reference"], **kwargs)
+        return
+    saved = []
+    rows = run_model_bench(CPU, ["reference"], on_row=lambda: saved.append(1), **kwargs)
+    assert [(r["model"], r["B"], r["T"], r["sweep"]) for r in rows] == [
+        ("MSTR[reference]", 2, 20, False), ("vanilla", 2, 20, False),
+        ("MSTR[reference]", 1, 40, True), ("vanilla", 1, 40, True)]
+    assert len(saved) == len(rows)
+    for r in rows:
+        assert r["step_ms"] > 0, r["note"]
+    assert rows[0]["speedup_vs_reference"] == 1.0
+    assert math.isclose(rows[1]["speedup_vs_reference"], rows[0]["step_ms"] / rows[1]["step_ms"])
+
+
+def test_readme_perf_section_is_rendered_from_results(quick_run, tmp_path):
+    import importlib.util
+    from pathlib import Path
+    script = Path(__file__).resolve().parent.parent / "scripts" / "render_readme_perf.py"
+    spec = importlib.util.spec_from_file_location("render_readme_perf", script)
+    render = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(render)
+    result, out = quick_run
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "cpu-box-2026-01-01.json").write_text(json.dumps(result))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{render.START}\nold\n{render.END}\n\ntail\n")
+    args = ["--readme", str(readme), "--results", str(results)]
+    assert render.main(args + ["--check"]) == 1  # out of date
+    assert render.main(args) == 0
+    text = readme.read_text()
+    assert render.main(args + ["--check"]) == 0
+    assert text.startswith("# x\n") and text.endswith("\ntail\n") and "old" not in text
+    assert result["env"]["device_name"] in text and "No GPU results are committed yet" in text
+    ref = next(r for r in result["rows"] if r["contender"] == "reference" and r["T"] == 31
+               and r["pass"] == "fwd")
+    assert f"| reference | fwd | {ref['median_ms']:.3f} |" in text
+    # a GPU file, once there, replaces the CPU figures
+    gpu = dict(result, env=dict(result["env"], device="cuda", device_name="Some GPU"))
+    (results / "some-gpu-2026-01-02.json").write_text(json.dumps(gpu))
+    assert render.main(args) == 0
+    text = readme.read_text()
+    assert "Some GPU" in text and result["env"]["device_name"] not in text
+    # the committed results files render, with repository-relative paths
+    committed_dir = render.ROOT / "benchmarks" / "results"
+    committed = render.render(committed_dir)
+    if list(committed_dir.glob("*.json")):
+        assert "`benchmarks/results/" in committed
+    else:
+        assert "No results files are committed yet" in committed
+    readme.write_text("no markers")
+    with pytest.raises(SystemExit, match="needs the markers"):
+        render.main(args)

@@ -1,0 +1,100 @@
+"""The CUDA kernels' per-tile code (csrc/cuda/fractal_tile.cuh), run on the host.
+
+tests/cuda_host/tile_on_host.cpp compiles the same tile functions the CUDA kernels call, with a
+thread block emulated by std::threads and a barrier, so that the kernels' indexing, head-dim
+chunking, vector/scalar paths and synchronisation are tested against the float64 loop on a
+machine without a GPU. (The CUDA launch itself is tested in test_cuda_backend.py on a GPU.)
+"""
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from float64_loop import fractal_attention_f64
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC_TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+@pytest.fixture(scope="module")
+def tile_on_host(tmp_path_factory):
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("no C++ compiler to build the host emulation of the CUDA tiles")
+    from torch.utils import cpp_extension
+    return cpp_extension.load(
+        name="mstr_tile_on_host", sources=[str(ROOT / "tests" / "cuda_host" / "tile_on_host.cpp")],
+        extra_include_paths=[str(ROOT / "csrc")], extra_cflags=["-O1", "-std=c++20"],
+        build_directory=str(tmp_path_factory.mktemp("tile_on_host")), verbose=False)
+
+
+def rel_err(x, ref):
+    x, ref = x.double(), ref.double()
+    return ((x - ref).norm() / ref.norm().clamp_min(1e-300)).item()
+
+
+def exact(q, k, v, dout, lengths, p, levels, scale):
+    """float64: the loop for the output, autograd of the reference for the gradients."""
+    from mstr_kernels.ops.reference import fractal_attention_reference
+    clean = [torch.nan_to_num(x.double(), nan=0.0) for x in (q, k, v, dout)]
+    leaves = [x.requires_grad_() for x in clean[:3]]
+    out = fractal_attention_reference(*leaves, lengths, p, levels, scale)
+    out.backward(clean[3])
+    loop = torch.from_numpy(fractal_attention_f64(*(x.detach() for x in clean[:3]), p, levels,
+                                                  lengths, scale))
+    assert rel_err(out.detach(), loop) < 1e-10
+    return [loop] + [x.grad for x in leaves]
+
+
+CASES = [
+    # B, H, T, D, p, levels, dtype, lengths, smem budget KiB, threads, layout
+    (2, 2, 200, 64, 3, 4, torch.bfloat16, [200, 120], 100, 256, "btshd"),   # main configuration
+    (2, 2, 200, 64, 3, 4, torch.float32, [200, 81], 100, 256, "bhtd"),
+    (2, 1, 100, 64, 3, 4, torch.float16, [0, 81], 30, 64, "bhtd"),          # chunked head dim
+    (2, 2, 50, 20, 2, 3, torch.float32, [50, 13], 2, 33, "bhtd"),           # odd thread count
+    (1, 1, 2, 8, 3, 2, torch.float32, None, 100, 32, "bhtd"),               # T < p
+    (2, 1, 70, 24, 4, 3, torch.bfloat16, [70, 5], 10, 64, "bhtd"),          # scalar chunks
+    (2, 2, 90, 7, 3, 4, torch.float16, [90, 44], 12, 50, "bhtd"),           # odd D
+    (1, 2, 30, 33, 2, 4, torch.float32, [29], 3, 64, "bhtd"),
+    (1, 1, 1100, 40, 2, 10, torch.bfloat16, [1050], 100, 256, "bhtd"),      # p**levels = 1024
+    (2, 2, 90, 64, 3, 4, torch.float32, [90, 50], 20, 128, "padded"),       # no 16-byte path
+]
+
+
+@pytest.mark.parametrize("B,H,T,D,p,levels,dtype,lengths,budget_kib,threads,layout", CASES)
+def test_tiles_match_float64(tile_on_host, B, H, T, D, p, levels, dtype, lengths, budget_kib,
+                             threads, layout):
+    g = torch.Generator().manual_seed(B * 1000 + T + D)
+    if layout == "btshd":
+        qkv = torch.randn(B, T, 3, H, D, generator=g).to(dtype)
+        q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
+    elif layout == "padded":  # rows with a gap of one element: scalar loads only
+        q, k, v = (torch.randn(B, H, T, D + 1, generator=g).to(dtype)[..., :D] for _ in range(3))
+    else:
+        q, k, v = (torch.randn(B, H, T, D, generator=g).to(dtype) for _ in range(3))
+    dout = torch.randn(B, H, T, D, generator=g).to(dtype)
+    lens = None if lengths is None else torch.tensor(lengths, dtype=torch.int32)
+    if lens is not None:  # padding must influence nothing
+        for b, n in enumerate(lengths):
+            for x in (q, k, v, dout):
+                x[b, :, n:] = float("nan")
+    scale = 1.0 / math.sqrt(D)
+    budget = budget_kib * 1024
+    out, chunk = tile_on_host.forward(q, k, v, lens, p, levels, scale, budget, threads)
+    dq, dk, dv, chunk_bwd = tile_on_host.backward(dout, q, k, v, lens, p, levels, scale, budget,
+                                                  threads)
+    ref = exact(q, k, v, dout, lens, p, levels, scale)
+    for name, x, r in zip(("out", "dq", "dk", "dv"), (out, dq, dk, dv), ref):
+        assert not torch.isnan(x).any(), f"{name} has NaN (a frame was not written or read padding)"
+        err = rel_err(x, r)
+        assert err < SPEC_TOL[dtype], f"{name}: error {err:.2e} (chunks {chunk.item()}/{chunk_bwd.item()})"
+        if lengths is not None:
+            for b, n in enumerate(lengths):
+                assert (x[b, :, n:] == 0).all(), f"{name} is not 0 on padding of item {b}"
+
+
+def test_chunking_is_exercised(tile_on_host):
+    q = torch.randn(1, 1, 100, 64)
+    _, chunk = tile_on_host.forward(q, q, q, None, 3, 4, 0.125, 30 * 1024, 64)
+    assert chunk.item() < 64  # a budget of 30 KiB cannot hold two pyramids of 64 columns
