@@ -1,9 +1,11 @@
 """Quick CPU timings of the fused `cpu` backend for tuning (the full benchmark is `mstr bench`).
 
 Measures, on the same inputs and threads, after warm-up, in interleaved rounds (medians):
-  - copy bandwidth: a 256 MiB tensor.clone() (bytes read + written / time);
+  - copy bandwidth (bytes read + written / time) of a 256 MiB copy_ into a preallocated buffer
+    (what `mstr bench` uses), and of a 256 MiB clone(), which also pays the page faults of a fresh
+    allocation, as every op that returns new tensors does;
   - the memory floor: bytes of q, k, v read + out written (forward), plus q, k, v, dout read and
-    dq, dk, dv written (backward), at that round's copy bandwidth;
+    dq, dk, dv written (backward), at that round's bandwidth (both definitions);
   - the fused forward, and forward + backward, against the reference backend eager and
     `torch.compile`d (speedups are medians of the per-round ratios).
 
@@ -55,7 +57,8 @@ def main() -> None:
     scale = D ** -0.5
     tensor_bytes = B * H * T * D * q.element_size()
 
-    big = torch.randn(64 * 1024 * 1024 // 4 * 4)  # 256 MiB of float32: beyond every cache
+    big = torch.randn(64 * 1024 * 1024)  # 256 MiB of float32: beyond every cache
+    big_dst = torch.empty_like(big)
     leaf = [x.detach().requires_grad_() for x in (q, k, v)]
 
     def fused_fwd():
@@ -89,28 +92,29 @@ def main() -> None:
             fn()
     # Rounds that interleave a copy and every candidate: on a shared machine the load drifts, so
     # each round's ratios use that round's own copy bandwidth and timings.
-    rounds = {name: [] for name in ("copy",) + tuple(runs)}
+    rounds = {name: [] for name in ("copy", "clone") + tuple(runs)}
     for _ in range(args.reps):
-        rounds["copy"].append(seconds(big.clone))
+        rounds["copy"].append(seconds(lambda: big_dst.copy_(big)))
+        rounds["clone"].append(seconds(big.clone))
         for name, fn in runs.items():
             rounds[name].append(seconds(fn))
-    bandwidths = [2 * big.numel() * big.element_size() / t for t in rounds["copy"]]
-    floor_fwd = [4 * tensor_bytes / bw for bw in bandwidths]
-    floor_fwd_bwd = [(4 + 7) * tensor_bytes / bw for bw in bandwidths]
-
     def med(values):
         return statistics.median(values)
 
     def ratio(a, b):
         return med([x / y for x, y in zip(a, b)])
 
-    print(f"copy bandwidth {med(bandwidths) / 1e9:.2f} GB/s (median of {args.reps} rounds); "
-          f"floor fwd {med(floor_fwd) * 1e3:.2f} ms, fwd+bwd {med(floor_fwd_bwd) * 1e3:.2f} ms")
-    print(f"cpu fwd      {med(rounds['cpu fwd']) * 1e3:8.2f} ms  "
-          f"time/floor {ratio(rounds['cpu fwd'], floor_fwd):.2f}")
-    fused_times = rounds["cpu fwd+bwd"]
-    print(f"cpu fwd+bwd  {med(fused_times) * 1e3:8.2f} ms  "
-          f"time/floor {ratio(fused_times, floor_fwd_bwd):.2f}")
+    fused_fwd_times, fused_times = rounds["cpu fwd"], rounds["cpu fwd+bwd"]
+    for copy in ("copy", "clone"):
+        bandwidths = [2 * big.numel() * big.element_size() / t for t in rounds[copy]]
+        floor_fwd = [4 * tensor_bytes / bw for bw in bandwidths]
+        floor_fwd_bwd = [(4 + 7) * tensor_bytes / bw for bw in bandwidths]
+        print(f"{copy:5s} bandwidth {med(bandwidths) / 1e9:6.2f} GB/s: floor fwd "
+              f"{med(floor_fwd) * 1e3:6.2f} ms, fwd+bwd {med(floor_fwd_bwd) * 1e3:6.2f} ms; cpu fwd "
+              f"{ratio(fused_fwd_times, floor_fwd):.2f}x floor, fwd+bwd "
+              f"{ratio(fused_times, floor_fwd_bwd):.2f}x floor")
+    print(f"cpu fwd      {med(fused_fwd_times) * 1e3:8.2f} ms (median of {args.reps} rounds)")
+    print(f"cpu fwd+bwd  {med(fused_times) * 1e3:8.2f} ms")
     for name in runs:
         if name.startswith("reference"):
             print(f"{name} {med(rounds[name]) * 1e3:8.2f} ms  -> cpu fwd+bwd is "
