@@ -95,14 +95,20 @@ def test_forced_backend_raises_with_reasons():
 
 
 def test_auto_warns_once_when_falling_back_to_reference(monkeypatch):
+    import dataclasses
+
     import mstr_kernels.ops.backends as backends
     monkeypatch.setattr(backends, "_warned", set())
+    # every fused backend refuses head dim 4 here, so auto must fall back, and say so once
+    for name in ("cuda", "triton", "cpu"):
+        monkeypatch.setitem(backends.BACKENDS, name,
+                            dataclasses.replace(backends.BACKENDS[name], max_head_dim=2))
     q = torch.zeros(1, 1, 4, 4, dtype=torch.float64)
-    cpu_fits = not BACKENDS["cpu"].reasons(q, 3, 2)
-    if cpu_fits:
-        pytest.skip("the fused cpu backend runs float64: no fallback to warn about")
-    with pytest.warns(RuntimeWarning, match="falls back to the slow 'reference'"):
-        select_backend("auto", q, 3, 2)
+    with pytest.warns(RuntimeWarning, match="falls back to the slow 'reference'.*head dim 4 > 2"):
+        assert select_backend("auto", q, 3, 2).name == "reference"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        select_backend("auto", q, 3, 2)  # once: no second warning
 
 
 def test_registered_op_with_reference_backend_matches_autograd():
