@@ -40,7 +40,9 @@ def register(sub):
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--workers", type=int, default=None,
                    help="DataLoader workers (default 4 on CUDA, 0 on CPU)")
-    p.add_argument("--out", default=None, help="output directory (default runs/DATASET-MODEL)")
+    p.add_argument("--out", default=None,
+                   help="output directory (default runs/DATASET/MODEL, MODEL being mstr-L<levels> "
+                   "or vanilla; with --compare, one MODEL folder per variant under --out)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the checkpoints in --out (finished runs are kept)")
     p.add_argument("--checkpoint-every", type=int, default=50,
