@@ -8,8 +8,8 @@ SPEC_BOUND = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2e-3, to
 
 
 def rel_err(x, ref) -> float:
-    x = torch.as_tensor(x, dtype=torch.float64).cpu()
-    ref = torch.as_tensor(ref, dtype=torch.float64).cpu()
+    x = torch.as_tensor(x, dtype=torch.float64).detach().cpu()
+    ref = torch.as_tensor(ref, dtype=torch.float64).detach().cpu()
     return float((x - ref).norm() / ref.norm().clamp_min(1e-300))
 
 

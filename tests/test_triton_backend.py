@@ -14,6 +14,7 @@ import torch
 
 from conftest import CUDA
 from float64_loop import fractal_attention_f64
+from parity import SPEC_BOUND, rel_err
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 pytestmark = pytest.mark.skipif(
@@ -22,7 +23,6 @@ pytestmark = pytest.mark.skipif(
 
 if CUDA or INTERPRET:
     import mstr_kernels
-    from mstr_kernels.ops.backends import BACKENDS
 
 DEVICE = "cuda" if CUDA else "cpu"
 HALF = (torch.float16, torch.bfloat16)
@@ -47,15 +47,6 @@ CASES = [
 CASE_IDS = [f"B{c[0]}H{c[1]}T{c[2]}D{c[3]}p{c[4]}L{c[5]}len{c[6]}" for c in CASES]
 
 
-def rel_err(x: torch.Tensor, ref) -> float:
-    ref = torch.as_tensor(ref, dtype=torch.float64)
-    x = x.detach().to("cpu", torch.float64)
-    norm = ref.norm().item()
-    if norm == 0.0:
-        return float("inf") if x.abs().max().item() > 0 else 0.0
-    return (x - ref).norm().item() / norm
-
-
 def make_inputs(B, H, T, D, dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(B, H, T, D, generator=g).to(DEVICE, dtype) for _ in range(3)]
@@ -66,7 +57,7 @@ def lengths_tensor(lengths):
 
 
 def check_half(err_kernel, err_reference, dtype, what):
-    bound = BACKENDS["triton"].tolerances[dtype]
+    bound = SPEC_BOUND[dtype]
     assert err_kernel <= bound, f"{what}: error {err_kernel:.3g} > SPEC bound {bound}"
     assert err_kernel <= HALF_ERROR_FACTOR * err_reference + 1e-7, (
         f"{what}: error {err_kernel:.3g} > {HALF_ERROR_FACTOR} x the reference backend's "
@@ -151,7 +142,7 @@ def test_strided_views_of_fused_projection(dtype):
                                  p, levels, lengths.cpu())
     assert rel_err(out64, loop) < 1e-12
     out64.sum().backward()
-    bound = BACKENDS["triton"].tolerances[dtype]
+    bound = SPEC_BOUND[dtype]
     assert rel_err(out, loop) < bound
     assert rel_err(qkv.grad, qkv64.grad) < bound
 
