@@ -40,9 +40,6 @@ class Backend:
     loader: Callable[[], object] = field(repr=False, compare=False, default=None)
     # Devices on which `auto` may pick this backend (default: all of `devices`).
     auto_devices: Optional[Tuple[str, ...]] = None
-    # Relative tolerance against float64 per dtype (SPEC section 1).
-    tolerances: Dict[torch.dtype, float] = field(default_factory=lambda: {
-        torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2})
 
     @functools.cached_property
     def _load(self):
