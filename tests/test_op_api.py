@@ -79,10 +79,9 @@ def test_auto_picks_first_that_fits_and_logs_why_others_were_passed_over(caplog)
     with caplog.at_level(logging.DEBUG, logger="mstr_kernels"), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the fallback warning has its own test
         chosen = select_backend("auto", q, 3, 2)
-    fitting = [n for n in ("cuda", "triton", "cpu", "reference")
-               if not BACKENDS[n].reasons(q, 3, 2)
-               and q.device.type in (BACKENDS[n].auto_devices or BACKENDS[n].devices)]
-    assert chosen.name == fitting[0]
+    # A float64 CPU input: only the fused cpu backend and the reference run it (the cuda and
+    # triton backends, even under TRITON_INTERPRET=1, are never auto-picked on CPU).
+    assert chosen.name == ("cpu" if available_backends()["cpu"] is None else "reference")
     assert "passing over backend 'cuda'" in caplog.text
 
 
