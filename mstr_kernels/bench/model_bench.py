@@ -12,19 +12,11 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from mstr_kernels.models import MSTR, MSTRConfig, VanillaTransformer
+
 from . import timing
 
 log = logging.getLogger("mstr_kernels.bench")
-
-
-def import_models():
-    """(MSTR, VanillaTransformer, MSTRConfig), or raises ImportError saying what is missing."""
-    try:
-        from mstr_kernels.models import MSTR, MSTRConfig, VanillaTransformer
-    except ImportError as e:
-        raise ImportError(f"the model benchmark needs mstr_kernels.models (MSTR, MSTRConfig, "
-                          f"VanillaTransformer), which this install lacks: {e}") from e
-    return MSTR, VanillaTransformer, MSTRConfig
 
 
 def _step_ms(model, x, lengths, labels, device, autocast_dtype, steps, budget_s) -> Tuple[float, float]:
@@ -73,10 +65,10 @@ def run_model_bench(device: torch.device, backends: Sequence[str], *, B: int, T:
     speedup_vs_reference (MSTR on the reference op over this row), sweep (bool), note.
     Rows are appended to `rows` (a new list if None) and `on_row()` is called after each, so a
     caller can save partial results. `include_main=False` runs the T sweep only."""
-    MSTR, Vanilla, MSTRConfig = import_models()
     autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
     dtype_label = "bf16-autocast" if autocast_dtype else "float32"
-    contenders = [(f"MSTR[{b}]", MSTR, b) for b in backends] + [("vanilla", Vanilla, "auto")]
+    contenders = ([(f"MSTR[{b}]", MSTR, b) for b in backends]
+                  + [("vanilla", VanillaTransformer, "auto")])
     configs = [(B, T, False)] * include_main + [(sweep_B or B, t, True) for t in sweep_T]
     rows = [] if rows is None else rows
     for b, t, is_sweep in configs:

@@ -119,24 +119,19 @@ def run(args) -> int:
                          on_row=save)
 
     def model_stage(main: bool):
-        if not args.model or result["model_skipped"] not in ("not run yet", None):
-            return  # not asked for, or its import already failed
+        if not args.model:
+            return
         if not main and not model_cfg["sweep_T"]:
             return
         if main:
             print("model training step (forward, backward, Adam):")
-        try:
-            from mstr_kernels.bench.model_bench import run_model_bench
-            run_model_bench(device, model_backends, B=model_cfg["B"], T=model_cfg["T"],
-                            F_dim=model_cfg["F_dim"],
-                            sweep_T=[] if main else model_cfg["sweep_T"],
-                            sweep_B=model_cfg["sweep_B"], num_layers=model_cfg["layers"],
-                            num_heads=model_cfg["heads"], budget_s=4 * budget,
-                            rows=result["model_rows"], on_row=save, include_main=main)
-            result["model_skipped"] = None
-        except ImportError as e:
-            result["model_skipped"] = str(e)
-            print(f"  skipped: {e}")
+        from mstr_kernels.bench.model_bench import run_model_bench
+        run_model_bench(device, model_backends, B=model_cfg["B"], T=model_cfg["T"],
+                        F_dim=model_cfg["F_dim"], sweep_T=[] if main else model_cfg["sweep_T"],
+                        sweep_B=model_cfg["sweep_B"], num_layers=model_cfg["layers"],
+                        num_heads=model_cfg["heads"], budget_s=4 * budget,
+                        rows=result["model_rows"], on_row=save, include_main=main)
+        result["model_skipped"] = None
 
     what = "the op benchmark"
     try:
