@@ -60,11 +60,6 @@ def build_dataset(name: str, features_dir: Optional[str] = None, **options) -> D
 
 
 def _import_builtin_datasets():
-    """Corpus modules register themselves on import."""
-    import importlib
-    for module in ("synthetic", "corpora"):
-        try:
-            importlib.import_module(f"mstr_kernels.data.{module}")
-        except ModuleNotFoundError as e:
-            if e.name != f"mstr_kernels.data.{module}":
-                raise
+    """The built-in datasets register themselves on import (here, not at the top: they import
+    this module)."""
+    from . import corpora, synthetic  # noqa: F401
