@@ -94,5 +94,7 @@ def test_module_errors():
         m(x, key_padding_mask=torch.tensor([[False, True, False, False, False]] * 2))
     with pytest.raises(TypeError, match=r"key_padding_mask.dtype=torch.int64 must be torch.bool"):
         m(x, key_padding_mask=torch.zeros(2, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"key_padding_mask.shape=\(2, 7\) must be \(B, T\) = \(2, 5\)"):
+        m(x, key_padding_mask=torch.zeros(2, 7, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"attn_mask and is_causal are not supported"):
         m(x, attn_mask=torch.zeros(5, 5))

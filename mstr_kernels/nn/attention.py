@@ -82,6 +82,9 @@ class MultiScaleAttention(nn.Module):
         if key_padding_mask is not None:
             if lengths is not None:
                 raise ValueError("give padding as key_padding_mask or as lengths, not both")
+            if tuple(key_padding_mask.shape) != tuple(query.shape[:2]):
+                raise ValueError(f"key_padding_mask.shape={tuple(key_padding_mask.shape)} must be "
+                                 f"(B, T) = {tuple(query.shape[:2])}, query's first two dims")
             lengths = lengths_from_key_padding_mask(key_padding_mask)
         B, T, E = query.shape
         H, D = self.num_heads, self.head_dim
