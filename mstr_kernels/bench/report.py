@@ -153,11 +153,13 @@ def targets(result: dict) -> List[dict]:
         held = both["held_for_backward_mb"] if both else None
         add(f"{label}: extra memory held between forward and backward (MiB)", "0", held,
             held is not None and held < 1.0, why)
+    def paper_step(model):  # the paper's training configuration, measured
+        return next((r for r in model_rows if r["model"] == model and r["B"] == 32
+                     and r["T"] == 326 and r["F"] == 1024 and r["step_ms"]), None) if on_gpu else None
+
+    ref = paper_step("MSTR[reference]")
     for backend in FUSED_GPU:
-        fused = next((r for r in model_rows if r["model"] == f"MSTR[{backend}]" and r["B"] == 32
-                      and r["T"] == 326 and r["F"] == 1024 and r["step_ms"]), None) if on_gpu else None
-        ref = next((r for r in model_rows if r["model"] == "MSTR[reference]" and r["B"] == 32
-                    and r["T"] == 326 and r["F"] == 1024 and r["step_ms"]), None) if on_gpu else None
+        fused = paper_step(f"MSTR[{backend}]")
         v = ref["step_ms"] / fused["step_ms"] if fused and ref else None
         add(f"MSTR training step B=32 T=326 F=1024 bf16 autocast, {backend} vs reference op",
             ">= 1.5", v, v is not None and v >= 1.5, gpu_why or "no model rows for it")
