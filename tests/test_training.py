@@ -97,6 +97,12 @@ def test_pad_collate_pads_and_cuts():
     assert x.shape == (2, 4, 3) and lengths.tolist() == [4, 2]
 
 
+def test_unknown_dataset_option_is_named_with_the_allowed_ones():
+    with pytest.raises(ValueError, match=r"dataset 'synthetic' has no option\(s\) \{'sede': 3\}: "
+                                         r"allowed are \['seed', 'num_train'"):
+        build_dataset("synthetic", sede=3)
+
+
 def test_synthetic_is_deterministic_and_needs_long_context():
     a = build_dataset("synthetic", **TINY_DATA).folds[0]
     b = build_dataset("synthetic", **TINY_DATA).folds[0]

@@ -8,6 +8,7 @@ of loading every item.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
@@ -56,7 +57,13 @@ def build_dataset(name: str, features_dir: Optional[str] = None, **options) -> D
     _import_builtin_datasets()
     if name not in DATASET_BUILDERS:
         raise ValueError(f"dataset={name!r} is unknown: allowed are {sorted(DATASET_BUILDERS)}")
-    return DATASET_BUILDERS[name](features_dir, **options)
+    builder = DATASET_BUILDERS[name]
+    params = list(inspect.signature(builder).parameters.values())[1:]  # after features_dir
+    allowed = [p.name for p in params if p.kind != p.VAR_KEYWORD]
+    unknown = {k: v for k, v in options.items() if k not in allowed}
+    if unknown and not any(p.kind == p.VAR_KEYWORD for p in params):
+        raise ValueError(f"dataset {name!r} has no option(s) {unknown}: allowed are {allowed}")
+    return builder(features_dir, **options)
 
 
 def _import_builtin_datasets():
