@@ -6,7 +6,8 @@ def register(sub):
     p.add_argument("checkpoint", help="a .safetensors checkpoint written by mstr train")
     p.add_argument("--dataset", default=None, help="default: the checkpoint's dataset")
     p.add_argument("--features-dir", default=None)
-    p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="overrides the options recorded in the checkpoint (for its own dataset)")
     p.add_argument("--fold", default=None, help="default: the checkpoint's fold")
     p.add_argument("--split", choices=("train", "valid", "test"), default="test")
     p.add_argument("--batch-size", type=int, default=64)
@@ -29,7 +30,10 @@ def run(args) -> int:
     device = resolve_device(args.device, DistContext())
     model, meta = load_model(args.checkpoint, map_location=device, backend=args.backend)
     dataset = args.dataset or meta["dataset"]
-    bundle = build_dataset(dataset, args.features_dir, **parse_options(args.dataset_option))
+    # the data the model was trained on, unless told otherwise
+    options = dict(meta.get("dataset_options") or {}) if dataset == meta["dataset"] else {}
+    options.update(parse_options(args.dataset_option))
+    bundle = build_dataset(dataset, args.features_dir, **options)
     if list(bundle.class_names) != list(meta["class_names"]):
         raise ValueError(f"dataset {dataset!r} classes {bundle.class_names} differ from the "
                          f"checkpoint's {meta['class_names']}")

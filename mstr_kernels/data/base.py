@@ -36,6 +36,9 @@ class DatasetBundle:
     # epochs, lr, batch_size, fixed_length, select_metric ("WA"|"UA"|"WF1"), model (dict of
     # MSTRConfig overrides).
     preset: Dict[str, object] = field(default_factory=dict)
+    # The options build_dataset was given, saved into checkpoints so that `mstr evaluate`
+    # rebuilds the same data (e.g. the smaller synthetic set of `mstr train --quick`).
+    options: Dict[str, object] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -63,7 +66,9 @@ def build_dataset(name: str, features_dir: Optional[str] = None, **options) -> D
     unknown = {k: v for k, v in options.items() if k not in allowed}
     if unknown and not any(p.kind == p.VAR_KEYWORD for p in params):
         raise ValueError(f"dataset {name!r} has no option(s) {unknown}: allowed are {allowed}")
-    return builder(features_dir, **options)
+    bundle = builder(features_dir, **options)
+    bundle.options = dict(options)
+    return bundle
 
 
 def _import_builtin_datasets():

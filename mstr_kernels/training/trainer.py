@@ -141,7 +141,8 @@ def train_run(model_name: str, model_config: MSTRConfig, bundle, fold, config: T
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
     meta_base = {"model": model_name, "config": model_config.to_dict(),
                  "class_names": list(bundle.class_names), "extractor": bundle.extractor,
-                 "dataset": bundle.name, "fold": fold.name, "seed": seed,
+                 "dataset": bundle.name, "dataset_options": bundle.options,
+                 "fold": fold.name, "seed": seed,
                  "train_config": asdict(config), "world_size": ctx.world_size}
 
     epoch, start_batch, global_step = 0, 0, 0
