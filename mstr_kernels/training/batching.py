@@ -75,7 +75,7 @@ def sequence_lengths(dataset) -> List[int]:
 
 
 class PadCollate:
-    """Items (features (T, F), label) -> (x (B, T_max, F), lengths (B,), labels (B,), T_total).
+    """Items (features (T, F), label) -> (x (B, T_max, F), lengths (B,), labels (B,)).
 
     fixed_length=None pads to the longest item of the batch; fixed_length=N pads or cuts every
     item to N frames (the paper's protocol; lengths are then cut to N too)."""
