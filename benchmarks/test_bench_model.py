@@ -4,22 +4,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mstr_kernels.models import MSTR, MSTRConfig, VanillaTransformer
 from mstr_kernels.ops import BACKENDS, available_backends
 
 from bench_helpers import synchronized
 
 
-def models():
-    try:
-        from mstr_kernels.models import MSTR, MSTRConfig, VanillaTransformer
-    except ImportError as e:
-        pytest.skip(f"mstr_kernels.models is missing from this install: {e}")
-    return MSTR, VanillaTransformer, MSTRConfig
-
-
 @pytest.mark.parametrize("name", [f"MSTR[{n}]" for n in available_backends()] + ["vanilla"])
 def test_training_step(benchmark, device, name):
-    MSTR, Vanilla, MSTRConfig = models()
     backend = name[5:-1] if name.startswith("MSTR[") else "auto"
     if backend != "auto":
         why = available_backends()[backend]
@@ -32,7 +24,7 @@ def test_training_step(benchmark, device, name):
     cfg = MSTRConfig(feature_dim=F_dim, num_classes=4, num_layers=layers, num_heads=heads, p=3,
                      levels=4, dropout=0.1, backend=backend)
     torch.manual_seed(0)
-    model = (MSTR if backend != "auto" else Vanilla)(cfg).to(device).train()
+    model = (MSTR if name != "vanilla" else VanillaTransformer)(cfg).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     x = torch.randn(B, T, F_dim, device=device)
     lengths = torch.randint(T // 2, T + 1, (B,), device=device)
