@@ -5,20 +5,16 @@ import torch
 import torch.nn.functional as F
 
 from mstr_kernels.models import MSTR, MSTRConfig, VanillaTransformer
-from mstr_kernels.ops import BACKENDS, available_backends
+from mstr_kernels.ops import available_backends
 
-from bench_helpers import synchronized
+from bench_helpers import skip_unless_backend_runs, synchronized
 
 
 @pytest.mark.parametrize("name", [f"MSTR[{n}]" for n in available_backends()] + ["vanilla"])
 def test_training_step(benchmark, device, name):
     backend = name[5:-1] if name.startswith("MSTR[") else "auto"
     if backend != "auto":
-        why = available_backends()[backend]
-        if why is None and device.type not in BACKENDS[backend].devices:
-            why = f"runs on {BACKENDS[backend].devices}, not {device.type}"
-        if why:
-            pytest.skip(f"backend {backend!r} unavailable: {why}")
+        skip_unless_backend_runs(backend, device)
     gpu = device.type == "cuda"
     B, T, F_dim, layers, heads = (32, 326, 1024, 4, 16) if gpu else (2, 163, 128, 1, 4)
     cfg = MSTRConfig(feature_dim=F_dim, num_classes=4, num_layers=layers, num_heads=heads, p=3,

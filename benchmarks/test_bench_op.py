@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 
 import mstr_kernels
-from mstr_kernels.ops import BACKENDS, available_backends
+from mstr_kernels.ops import available_backends
 
-from bench_helpers import synchronized
+from bench_helpers import skip_unless_backend_runs, synchronized
 
 SHAPE = dict(B=2, H=4, T=512, D=32)
 P, LEVELS = 3, 4
@@ -29,11 +29,7 @@ def op(name):
 @pytest.mark.parametrize("name", contenders())
 def test_op(benchmark, device, name, pass_):
     if name != "sdpa-full":
-        why = available_backends()[name]
-        if why is None and device.type not in BACKENDS[name].devices:
-            why = f"backend {name!r} runs on {BACKENDS[name].devices}, not {device.type}"
-        if why:
-            pytest.skip(f"backend {name!r} unavailable: {why}")
+        skip_unless_backend_runs(name, device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     grad = pass_ == "fwd+bwd"
     q, k, v, dout = (torch.randn(SHAPE["B"], SHAPE["H"], SHAPE["T"], SHAPE["D"], device=device,
