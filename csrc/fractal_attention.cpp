@@ -5,6 +5,7 @@
 #include <cmath>
 #include <vector>
 
+#include "cpu/output_cache.h"
 #include "fractal_attention.h"
 
 namespace mstr_kernels {
@@ -39,8 +40,10 @@ void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
 }
 
 at::Tensor empty_out(const at::Tensor& q) {
-  // (B, T, H, D) memory returned as a (B, H, T, D) view.
-  return at::empty({q.size(0), q.size(2), q.size(1), q.size(3)}, q.options()).transpose(1, 2);
+  // (B, T, H, D) memory returned as a (B, H, T, D) view; CPU outputs reuse cached buffers.
+  const std::vector<int64_t> sizes{q.size(0), q.size(2), q.size(1), q.size(3)};
+  at::Tensor out = q.is_cpu() ? empty_cpu_cached(sizes, q.scalar_type()) : at::empty(sizes, q.options());
+  return out.transpose(1, 2);
 }
 
 at::Tensor lengths_or_undefined(const c10::optional<at::Tensor>& lengths) {
@@ -107,5 +110,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("fractal_attention_bwd", &mstr_kernels::bwd, "fused backward (recomputes from q, k, v)",
         py::arg("dout"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("lengths"),
         py::arg("p"), py::arg("levels"), py::arg("scale"));
+  m.def("cpu_output_cache_stats", [] {
+    const auto s = mstr_kernels::cpu_output_cache_stats();
+    py::dict d;
+    d["limit_bytes"] = s.limit_bytes;
+    d["cached_bytes"] = s.cached_bytes;
+    d["live_bytes"] = s.live_bytes;
+    d["hits"] = s.hits;
+    d["misses"] = s.misses;
+    return d;
+  }, "the CPU output cache: limit, cached and live bytes, hits and misses");
+  m.def("empty_cpu_output_cache", &mstr_kernels::empty_cpu_output_cache,
+        "frees the cached CPU output buffers; returns the bytes given back");
   m.def("cuda_built", &mstr_kernels::cuda_built, "whether the CUDA kernels were compiled in");
 }

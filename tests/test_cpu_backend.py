@@ -182,6 +182,32 @@ def test_deterministic_and_thread_count_independent():
             assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("layout", ["projection", "contiguous"])
+@pytest.mark.parametrize("D,scale", [(64, None), (32, -0.7), (16, 2.5)])
+def test_float32_whole_vector_rows_and_any_scale(layout, D, scale):
+    """Rows of whole vectors take the kernel's direct (streamed) output path; a negative scale
+    flips which score is the softmax's maximum; magnified inputs make that matter (and make the
+    gradients ill-conditioned, so they are held to the float32 reference's own error)."""
+    g = torch.Generator().manual_seed(D)
+    B, H, T, p, levels = 3, 2, 2 * 81 + 5, 3, 4
+    q, k, v = qkv_views(B, H, T, D, generator=g, layout=layout)
+    q, k = q * 4, k * 4
+    lengths = torch.tensor([T, 0, 100])
+    dout = torch.randn(B, H, T, D, generator=g)
+    kw = dict(p=p, levels=levels, lengths=lengths, scale=scale)
+    out, grads = fused_grads(q, k, v, dout, **kw)
+    expected = f64_outputs(q, k, v, p, levels, lengths, scale)
+    assert rel_err(out, expected) < SPEC_BOUND[torch.float32]
+    _, exact_grads = reference_grads(q, k, v, dout, **kw)
+    leaves = [x.detach().requires_grad_(True) for x in (q, k, v)]
+    ref_out = mstr_kernels.fractal_attention(*leaves, backend="reference", **kw)
+    ref_grads = torch.autograd.grad(ref_out, leaves, dout)  # float32 reference
+    for got, ref, exact in zip(grads, ref_grads, exact_grads):
+        assert rel_err(got, exact) <= 2 * rel_err(ref, exact) + 1e-6
+    for got in (out,) + grads:
+        assert torch.all(got[1] == 0) and torch.all(got[2, :, 100:] == 0)
+
+
 def test_large_magnitudes_stay_finite():
     g = torch.Generator().manual_seed(4)
     q, k, v = qkv_views(1, 2, 30, 8, generator=g)

@@ -36,4 +36,9 @@ def run(args) -> int:
         print(f"  {name:10s} {status}\n             {b.description}; devices {b.devices}, "
               f"dtypes {', '.join(str(d).replace('torch.', '') for d in b.dtypes)}, "
               f"head dim <= {b.max_head_dim}, p in {b.p_range}, p**levels <= {b.max_tile}")
+    if available_backends().get("cpu") is None:
+        from mstr_kernels.ops import cpu_output_cache_stats
+        stats = cpu_output_cache_stats()
+        print(f"\ncpu backend output cache: keeps up to {stats['limit_bytes'] / 2**20:.0f} MiB of "
+              "freed outputs for reuse (MSTR_KERNELS_CPU_CACHE_MB; 0 turns it off)")
     return 0

@@ -90,3 +90,15 @@ def backend_module(device: str):
             raise ImportError(why)
     return types.SimpleNamespace(fractal_attention_fwd=_C.fractal_attention_fwd,
                                  fractal_attention_bwd=_C.fractal_attention_bwd)
+
+
+def cpu_output_cache_stats() -> dict:
+    """The `cpu` backend's cache of large output buffers (csrc/cpu/output_cache.h): limit_bytes
+    (environment MSTR_KERNELS_CPU_CACHE_MB, default 1024 MiB, 0 = off), cached_bytes (freed
+    buffers kept for reuse), live_bytes (buffers in use), hits and misses."""
+    return dict(_import_extension().cpu_output_cache_stats())
+
+
+def empty_cpu_output_cache() -> int:
+    """Gives the cached (not the live) CPU output buffers back to the system; returns bytes freed."""
+    return int(_import_extension().empty_cpu_output_cache())
