@@ -19,8 +19,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/functional.h>
-#include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
 #include <cmath>
@@ -29,14 +27,13 @@
 #include <memory>
 #include <type_traits>
 
+#include "cpu/fractal_attention_cpu_vec.h"
 #include "fractal_attention.h"
 
 namespace mstr_kernels {
 namespace cpu_kernels {
 namespace CPU_CAPABILITY {
 namespace {
-
-using at::vec::Vectorized;
 
 constexpr int64_t kMaxP = 8;
 constexpr int64_t kMaxLevels = 10;  // p = 2: 2**10 = 1024
@@ -80,152 +77,25 @@ struct Geometry {
   }
 };
 
-template <typename acc_t>
-using Vec = Vectorized<acc_t>;
-
-// One row of D values into dst[0, Dp), zero-padded. Whole vectors, not memcpy: a 256-byte
-// memcpy call costs more than the four vector moves it does.
-template <typename scalar_t, typename acc_t>
-inline void load_row(const scalar_t* src, int64_t sd, int64_t D, int64_t Dp, acc_t* dst) {
-  constexpr int64_t W = Vec<acc_t>::size();
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    if (sd == 1) {
-      int64_t d = 0;
-      for (; d + W <= D; d += W) Vec<acc_t>::loadu(src + d).store(dst + d);
-      if (d < D) Vec<acc_t>::loadu(src + d, D - d).store(dst + d);  // zeros up to Dp
-      return;
-    }
-  }
-  for (int64_t d = 0; d < D; ++d) dst[d] = static_cast<acc_t>(src[d * sd]);
-  for (int64_t d = D; d < Dp; ++d) dst[d] = acc_t(0);
-}
-
-// Copies n contiguous values with whole vectors (a short memcpy call costs more than its moves).
-// Plain stores: streaming (non-temporal) stores of the output rows measured no faster here
-// (benchmarks/NOTES.md), so outputs stay in cache for whatever reads them next.
-template <typename scalar_t>
-inline void copy_out(const scalar_t* src, int64_t n, scalar_t* dst) {
-  if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
-    constexpr int64_t W = Vec<scalar_t>::size();
-    int64_t d = 0;
-    for (; d + W <= n; d += W) Vec<scalar_t>::loadu(src + d).store(dst + d);
-    if (d < n) Vec<scalar_t>::loadu(src + d, n - d).store(dst + d, n - d);
-  } else {
-    std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(scalar_t));
-  }
-}
-
-// A store that bypasses the caches (the output is not read again by the kernel) where the
-// address is 64-byte aligned and the ISA is AVX-512; a plain store otherwise.
-template <typename acc_t>
-inline void stream_store(const Vec<acc_t>& x, acc_t* dst) {
-#if defined(CPU_CAPABILITY_AVX512)
-  if constexpr (std::is_same_v<acc_t, float>) {
-    if ((reinterpret_cast<uintptr_t>(dst) & 63) == 0) return _mm512_stream_ps(dst, x);
-  }
-#endif
-  x.store(dst);
-}
-
-template <typename scalar_t, typename acc_t>
-inline void store_row(const acc_t* src, int64_t D, scalar_t* dst, int64_t sd) {
-  if (sd == 1) {
-    if constexpr (std::is_same_v<scalar_t, acc_t>) {
-      copy_out(src, D, dst);
-    } else {
-      scalar_t row[256];
-      for (int64_t d = 0; d < D; ++d) row[d] = static_cast<scalar_t>(src[d]);
-      copy_out(row, D, dst);
-    }
-  } else {
-    for (int64_t d = 0; d < D; ++d) dst[d * sd] = static_cast<scalar_t>(src[d]);
-  }
-}
-
-template <typename scalar_t>
-inline void zero_row(int64_t D, scalar_t* dst, int64_t sd) {
-  for (int64_t d = 0; d < D; ++d) dst[d * sd] = scalar_t(0);
-}
-
-template <typename acc_t>
-inline acc_t dot(const acc_t* a, const acc_t* b, int64_t Dp) {
-  constexpr int64_t W = Vec<acc_t>::size();
-  Vec<acc_t> s0(acc_t(0)), s1(acc_t(0));
-  int64_t d = 0;
-  for (; d + 2 * W <= Dp; d += 2 * W) {
-    s0 = at::vec::fmadd(Vec<acc_t>::loadu(a + d), Vec<acc_t>::loadu(b + d), s0);
-    s1 = at::vec::fmadd(Vec<acc_t>::loadu(a + d + W), Vec<acc_t>::loadu(b + d + W), s1);
-  }
-  if (d < Dp) s0 = at::vec::fmadd(Vec<acc_t>::loadu(a + d), Vec<acc_t>::loadu(b + d), s0);
-  return at::vec::vec_reduce_all<acc_t>(std::plus<Vec<acc_t>>(), s0 + s1);
-}
-
-// 1 / x for x >= 1: the approximate reciprocal and one Newton step (relative error ~2**-23)
-// where the ISA has one; a full-width division is about as slow as the rest of the GELU.
-inline Vec<float> reciprocal_of_positive(const Vec<float>& x) {
-#if defined(CPU_CAPABILITY_AVX512)
-  const Vec<float> r(_mm512_rcp14_ps(x));
-#elif defined(CPU_CAPABILITY_AVX2)
-  const Vec<float> r(_mm256_rcp_ps(x));
-#else
-  return Vec<float>(1.0f) / x;
-#endif
-#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-  return r * at::vec::fnmadd(x, r, Vec<float>(2.0f));  // r (2 - x r)
-#endif
-}
-
-// erf(x / sqrt(2)). float: x P(x^2) / Q(x^2) on x clamped to +-5.5 (beyond, erf rounds to +-1),
-// coefficients from scripts/fit_gelu_erf.py; max error 3.7e-7, about half the instructions of
-// ATen's erf, which calls exp (the GELUs were two thirds of the forward's instructions).
-// double keeps ATen's erf.
-template <typename acc_t>
-inline Vec<acc_t> erf_of_scaled(const Vec<acc_t>& x) {
-  if constexpr (std::is_same_v<acc_t, float>) {
-    const Vec<float> xc = at::vec::clamp(x, Vec<float>(-5.5f), Vec<float>(5.5f));
-    const Vec<float> s = xc * xc;
-    Vec<float> num(4.549714e-08f), den(1.1974911e-06f);
-    for (float c : {1.270452e-05f, 0.00033768098f, 0.009354704f, 0.0677081f, 0.79788446f})
-      num = at::vec::fmadd(num, s, Vec<float>(c));
-    for (float c : {7.365245e-05f, 0.0018845289f, 0.028646687f, 0.25152543f, 1.0f})
-      den = at::vec::fmadd(den, s, Vec<float>(c));
-    return xc * num * reciprocal_of_positive(den);
-  } else {
-    return (x * Vec<acc_t>(acc_t(M_SQRT1_2))).erf();
-  }
-}
-
-template <typename acc_t>
-inline Vec<acc_t> gelu(const Vec<acc_t>& x) {
-  const Vec<acc_t> half_x = Vec<acc_t>(acc_t(0.5)) * x;
-  return at::vec::fmadd(half_x, erf_of_scaled(x), half_x);
-}
-
-// d GELU(x) / dx = Phi(x) + x * phi(x).
-template <typename acc_t>
-inline Vec<acc_t> gelu_grad(const Vec<acc_t>& x) {
-  const Vec<acc_t> half(acc_t(0.5));
-  const Vec<acc_t> inv_sqrt_2pi(acc_t(0.3989422804014327)), minus_half(acc_t(-0.5));
-  const Vec<acc_t> cdf = at::vec::fmadd(half, erf_of_scaled(x), half);
-  const Vec<acc_t> pdf = (minus_half * x * x).exp() * inv_sqrt_2pi;
-  return at::vec::fmadd(x, pdf, cdf);
-}
-
 // Valid frames of pooled row j of a level with `span` frames per row, in a tile of nt valid frames.
 inline int64_t group_count(int64_t j, int64_t span, int64_t nt) {
   return std::min((j + 1) * span, nt) - j * span;
 }
 
-// Builds levels 1.. of a pyramid whose level-0 rows (nt of them) are filled: each pooled row is
-// the sum of its (up to p) children, or with `to_means` their mean over the frames they cover
-// (children weighted by their frame counts, so tails are exact), in one pass per level.
+// Builds levels 1.. of a pyramid from its nt level-0 rows (`level0`, rows `stride` apart; by
+// default buf's own level 0): each pooled row is the sum of its (up to p) children, or with
+// `to_means` their mean over the frames they cover (children weighted by their frame counts, so
+// tails are exact), in one pass per level.
 template <typename acc_t>
-void build_pyramid(acc_t* buf, const Geometry& g, int64_t nt, bool to_means) {
+void build_pyramid(acc_t* buf, const Geometry& g, int64_t nt, bool to_means,
+                   const acc_t* level0 = nullptr, int64_t stride = 0) {
   constexpr int64_t W = Vec<acc_t>::size();
   int64_t m = nt;
   for (int64_t l = 1; l < g.levels; ++l) {
     const int64_t m_next = (m + g.p - 1) / g.p;
-    const acc_t* child = buf + g.off[l - 1] * g.Dp;
+    const bool from_level0 = l == 1 && level0 != nullptr;
+    const acc_t* child = from_level0 ? level0 : buf + g.off[l - 1] * g.Dp;
+    const int64_t cs = from_level0 ? stride : g.Dp;  // child row stride
     acc_t* parent = buf + g.off[l] * g.Dp;
     for (int64_t j = 0; j < m_next; ++j) {
       const int64_t c0 = j * g.p, nc = std::min(g.p, m - c0);
@@ -234,9 +104,9 @@ void build_pyramid(acc_t* buf, const Geometry& g, int64_t nt, bool to_means) {
       for (int64_t c = 0; c < nc; ++c)
         weight[c] = to_means ? acc_t(group_count(c0 + c, g.span[l - 1], nt)) / frames : acc_t(1);
       for (int64_t d = 0; d < g.Dp; d += W) {
-        Vec<acc_t> sum = Vec<acc_t>(weight[0]) * Vec<acc_t>::loadu(child + c0 * g.Dp + d);
+        Vec<acc_t> sum = Vec<acc_t>(weight[0]) * Vec<acc_t>::loadu(child + c0 * cs + d);
         for (int64_t c = 1; c < nc; ++c)
-          sum = at::vec::fmadd(Vec<acc_t>(weight[c]), Vec<acc_t>::loadu(child + (c0 + c) * g.Dp + d), sum);
+          sum = at::vec::fmadd(Vec<acc_t>(weight[c]), Vec<acc_t>::loadu(child + (c0 + c) * cs + d), sum);
         sum.store(parent + j * g.Dp + d);
       }
     }
@@ -244,33 +114,41 @@ void build_pyramid(acc_t* buf, const Geometry& g, int64_t nt, bool to_means) {
   }
 }
 
-// Horizontal sums of W vectors (W = lanes): out[k] = sum of the lanes of v[k]. With AVX-512 a
-// transposing tree of unpacks and 128-bit shuffles does it in 45 instructions, against about 8
-// dependent ones per vector for vec_reduce_all.
-template <typename acc_t>
-inline void horizontal_sums(const Vec<acc_t>* v, acc_t* out) {
-#if defined(CPU_CAPABILITY_AVX512)
-  if constexpr (std::is_same_v<acc_t, float>) {
-    __m512 quads[4];  // 128-bit lane L of quads[g] = lane-L partial sums of v[4g .. 4g+3]
-    for (int g = 0; g < 4; ++g) {
-      const __m512 a = v[4 * g], b = v[4 * g + 1], c = v[4 * g + 2], d = v[4 * g + 3];
-      const __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
-      const __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
-      const __m512d abd = _mm512_castps_pd(ab), cdd = _mm512_castps_pd(cd);
-      quads[g] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(abd, cdd)),
-                               _mm512_castpd_ps(_mm512_unpackhi_pd(abd, cdd)));
+// The N x N dot-product accumulators (vectors, not yet summed) of one full window of N <= 4
+// rows: each vector of Q and K is loaded once (in registers: N * N + N + 1 <= 21 vectors).
+template <int N, typename acc_t>
+inline void window_dots(const acc_t* Q, int64_t qs, const acc_t* K, int64_t ks, int64_t Dp,
+                        Vec<acc_t>* acc) {
+  constexpr int64_t W = Vec<acc_t>::size();
+  Vec<acc_t> sum[N * N];
+  for (int a = 0; a < N * N; ++a) sum[a] = Vec<acc_t>(acc_t(0));
+  for (int64_t d = 0; d < Dp; d += W) {
+    Vec<acc_t> kv[N];
+    for (int i = 0; i < N; ++i) kv[i] = Vec<acc_t>::loadu(K + i * ks + d);
+    for (int j = 0; j < N; ++j) {
+      const Vec<acc_t> qv = Vec<acc_t>::loadu(Q + j * qs + d);
+      for (int i = 0; i < N; ++i) sum[j * N + i] = at::vec::fmadd(qv, kv[i], sum[j * N + i]);
     }
-    const __m512 w01 = _mm512_add_ps(_mm512_shuffle_f32x4(quads[0], quads[1], 0x88),
-                                     _mm512_shuffle_f32x4(quads[0], quads[1], 0xDD));
-    const __m512 w23 = _mm512_add_ps(_mm512_shuffle_f32x4(quads[2], quads[3], 0x88),
-                                     _mm512_shuffle_f32x4(quads[2], quads[3], 0xDD));
-    _mm512_storeu_ps(out, _mm512_add_ps(_mm512_shuffle_f32x4(w01, w23, 0x88),
-                                        _mm512_shuffle_f32x4(w01, w23, 0xDD)));
-    return;
   }
-#endif
-  for (int64_t k = 0; k < Vec<acc_t>::size(); ++k)
-    out[k] = at::vec::vec_reduce_all<acc_t>(std::plus<Vec<acc_t>>(), v[k]);
+  for (int a = 0; a < N * N; ++a) acc[a] = sum[a];
+}
+
+// Y[j] = sum_i probs[j * N + i] V[i] for one full window of N <= 4 rows (Dp apart): the
+// probabilities broadcast once, each vector of V loaded once, N independent accumulators.
+template <int N, typename acc_t>
+inline void window_values(const acc_t* probs, const acc_t* V, int64_t vs, int64_t Dp, acc_t* Y) {
+  constexpr int64_t W = Vec<acc_t>::size();
+  Vec<acc_t> weight[N * N];
+  for (int a = 0; a < N * N; ++a) weight[a] = Vec<acc_t>(probs[a]);
+  for (int64_t d = 0; d < Dp; d += W) {
+    Vec<acc_t> v[N];
+    for (int i = 0; i < N; ++i) v[i] = Vec<acc_t>::loadu(V + i * vs + d);
+    for (int j = 0; j < N; ++j) {
+      Vec<acc_t> y = weight[j * N] * v[0];
+      for (int i = 1; i < N; ++i) y = at::vec::fmadd(weight[j * N + i], v[i], y);
+      y.store(Y + j * Dp + d);
+    }
+  }
 }
 
 // Softmax probabilities of every window of one level of m rows (windows of p rows, the last
@@ -279,29 +157,41 @@ inline void horizontal_sums(const Vec<acc_t>* v, acc_t* out) {
 // products per horizontal_sums, then one pass of vector exps: window by window, each window's
 // reductions, exp and normalisation formed one long dependency chain.
 template <typename acc_t>
-void level_probs(const acc_t* Q, const acc_t* K, int64_t m, int64_t p, int64_t Dp, acc_t scale,
-                 acc_t* probs) {
+void level_probs(const acc_t* Q, int64_t qs, const acc_t* K, int64_t ks, int64_t m, int64_t p,
+                 int64_t Dp, acc_t scale, acc_t* probs) {
   constexpr int64_t W = Vec<acc_t>::size();
   const int64_t windows = (m + p - 1) / p, total = windows * p * p;
   Vec<acc_t> pending[W];
   int64_t npending = 0, done = 0;  // probs[done, done + npending) wait in `pending`
+  Vec<acc_t> acc[kMaxP * kMaxP];
   for (int64_t w = 0; w < windows; ++w) {
     const int64_t r0 = w * p, n = std::min(p, m - r0);
-    for (int64_t j = 0; j < p; ++j) {
-      for (int64_t i = 0; i < p; ++i) {
-        Vec<acc_t> acc(acc_t(0));
-        if (j < n && i < n) {
-          const acc_t* a = Q + (r0 + j) * Dp;
-          const acc_t* b = K + (r0 + i) * Dp;
-          for (int64_t d = 0; d < Dp; d += W)
-            acc = at::vec::fmadd(Vec<acc_t>::loadu(a + d), Vec<acc_t>::loadu(b + d), acc);
+    const acc_t* Qw = Q + r0 * qs;
+    const acc_t* Kw = K + r0 * ks;
+    if (n == p && p == 2) {
+      window_dots<2>(Qw, qs, Kw, ks, Dp, acc);
+    } else if (n == p && p == 3) {
+      window_dots<3>(Qw, qs, Kw, ks, Dp, acc);
+    } else if (n == p && p == 4) {
+      window_dots<4>(Qw, qs, Kw, ks, Dp, acc);
+    } else {
+      for (int64_t j = 0; j < p; ++j) {
+        for (int64_t i = 0; i < p; ++i) {
+          Vec<acc_t> sum(acc_t(0));
+          if (j < n && i < n)
+            for (int64_t d = 0; d < Dp; d += W)
+              sum = at::vec::fmadd(Vec<acc_t>::loadu(Qw + j * qs + d),
+                                   Vec<acc_t>::loadu(Kw + i * ks + d), sum);
+          acc[j * p + i] = sum;
         }
-        pending[npending++] = acc;
-        if (npending == W) {
-          horizontal_sums(pending, probs + done);
-          done += W;
-          npending = 0;
-        }
+      }
+    }
+    for (int64_t a = 0; a < p * p; ++a) {
+      pending[npending++] = acc[a];
+      if (npending == W) {
+        horizontal_sums(pending, probs + done);
+        done += W;
+        npending = 0;
       }
     }
   }
@@ -364,18 +254,8 @@ struct Task {
   int64_t b, h, t0, tlen, nt;
 };
 
-// Prefetches rows [r0, r1) of `next`'s tile of x into L2, a cache line at a time, so that the
-// next task's gather finds them while this task computes (the gather otherwise waits on memory).
-// g++ 12 drops __builtin_prefetch from these kernels (its IPA passes remove them), so x86 gets
-// the instruction itself.
-inline void prefetch_l2(const char* address) {
-#if defined(__x86_64__) || defined(__i386__)
-  asm volatile("prefetcht1 %0" : : "m"(*address));
-#else
-  __builtin_prefetch(address, 0, 2);
-#endif
-}
-
+// Prefetches rows [r0, r1) of `next`'s tile of x, so that the next task's first reads find them
+// while this task computes (they otherwise wait on memory).
 template <typename scalar_t>
 inline void prefetch_rows(const StridedRows<const scalar_t>& x, const Task& next, int64_t r0,
                           int64_t r1, int64_t D) {
@@ -410,33 +290,61 @@ void forward_tile(const StridedRows<const scalar_t>& q, const StridedRows<const 
   const int64_t b = task.b, h = task.h, t0 = task.t0, tlen = task.tlen, nt = task.nt;
   constexpr int64_t W = Vec<acc_t>::size();
   const int64_t Dp = g.Dp;
-  const bool direct_out = std::is_same_v<scalar_t, acc_t> && out.sd == 1 && g.D == Dp;
+  // float rows of whole vectors: level 0 is read in place and written straight into the output.
+  const bool rows_in_place = std::is_same_v<scalar_t, acc_t> && g.D == Dp;
+  const bool direct_in = rows_in_place && q.sd == 1 && k.sd == 1 && v.sd == 1;
+  const bool direct_out = rows_in_place && out.sd == 1;
   if (nt > 0) {
-    gather_tile(q, k, v, b, h, t0, nt, g, s);
+    if (direct_in) {
+      const auto* q0 = reinterpret_cast<const acc_t*>(q.row(b, h, t0));
+      const auto* k0 = reinterpret_cast<const acc_t*>(k.row(b, h, t0));
+      const auto* v0 = reinterpret_cast<const acc_t*>(v.row(b, h, t0));
+      build_pyramid(s.q, g, nt, true, q0, q.st);
+      build_pyramid(s.k, g, nt, true, k0, k.st);
+      build_pyramid(s.v, g, nt, true, v0, v.st);
+    } else {
+      gather_tile(q, k, v, b, h, t0, nt, g, s);
+    }
+    int64_t nwindows = 0;
+    for (int64_t l = 0; l < g.levels; ++l) nwindows += (g.rows[l] + g.p - 1) / g.p;
     for (int64_t l = g.levels - 1; l >= 0; --l) {
       const int64_t m = (nt + g.span[l] - 1) / g.span[l];
-      const acc_t* Q = s.q + g.off[l] * Dp;
-      const acc_t* K = s.k + g.off[l] * Dp;
-      const acc_t* V = s.v + g.off[l] * Dp;
+      const bool in_place = l == 0 && direct_in;
+      const acc_t* Q = in_place ? reinterpret_cast<const acc_t*>(q.row(b, h, t0)) : s.q + g.off[l] * Dp;
+      const acc_t* K = in_place ? reinterpret_cast<const acc_t*>(k.row(b, h, t0)) : s.k + g.off[l] * Dp;
+      const acc_t* V = in_place ? reinterpret_cast<const acc_t*>(v.row(b, h, t0)) : s.v + g.off[l] * Dp;
+      const int64_t qs = in_place ? q.st : Dp, ks = in_place ? k.st : Dp, vs = in_place ? v.st : Dp;
       acc_t* Y = s.carry + g.off[l] * Dp;  // this level's rows: Y, then GELU(Y) + carry
-      level_probs(Q, K, m, g.p, Dp, scale, s.probs);
+      level_probs(Q, qs, K, ks, m, g.p, Dp, scale, s.probs);
+      int64_t window0 = 0;  // windows of the levels above
+      for (int64_t above = g.levels - 1; above > l; --above) window0 += (g.rows[above] + g.p - 1) / g.p;
       // Y = P V, window by window.
       for (int64_t r0 = 0; r0 < m; r0 += g.p) {
         const int64_t n = std::min(g.p, m - r0);
-        if (l == 0) {  // frame-wise in step with this level, the rest of `next` at the end
-          const int64_t r1 = r0 + n < m ? r0 + n : next.nt;
-          prefetch_rows(q, next, r0, r1, g.D);
-          prefetch_rows(k, next, r0, r1, g.D);
-          prefetch_rows(v, next, r0, r1, g.D);
+        {  // `next`'s frames spread over all windows of all levels, the rest with the last one
+          const int64_t w = window0 + r0 / g.p;
+          const int64_t f0 = w * g.P / nwindows;
+          const int64_t f1 = l == 0 && r0 + n >= m ? next.nt : (w + 1) * g.P / nwindows;
+          prefetch_rows(q, next, f0, f1, g.D);
+          prefetch_rows(k, next, f0, f1, g.D);
+          prefetch_rows(v, next, f0, f1, g.D);
         }
         const acc_t* probs = s.probs + r0 * g.p;  // this window's p x p block
-        for (int64_t j = 0; j < n; ++j) {
-          for (int64_t d = 0; d < Dp; d += W) {
-            Vec<acc_t> y = Vec<acc_t>(probs[j * g.p]) * Vec<acc_t>::loadu(V + r0 * Dp + d);
-            for (int64_t i = 1; i < n; ++i)
-              y = at::vec::fmadd(Vec<acc_t>(probs[j * g.p + i]),
-                                 Vec<acc_t>::loadu(V + (r0 + i) * Dp + d), y);
-            y.store(Y + (r0 + j) * Dp + d);
+        if (n == g.p && n == 2) {
+          window_values<2>(probs, V + r0 * vs, vs, Dp, Y + r0 * Dp);
+        } else if (n == g.p && n == 3) {
+          window_values<3>(probs, V + r0 * vs, vs, Dp, Y + r0 * Dp);
+        } else if (n == g.p && n == 4) {
+          window_values<4>(probs, V + r0 * vs, vs, Dp, Y + r0 * Dp);
+        } else {
+          for (int64_t j = 0; j < n; ++j) {
+            for (int64_t d = 0; d < Dp; d += W) {
+              Vec<acc_t> y = Vec<acc_t>(probs[j * g.p]) * Vec<acc_t>::loadu(V + r0 * vs + d);
+              for (int64_t i = 1; i < n; ++i)
+                y = at::vec::fmadd(Vec<acc_t>(probs[j * g.p + i]),
+                                   Vec<acc_t>::loadu(V + (r0 + i) * vs + d), y);
+              y.store(Y + (r0 + j) * Dp + d);
+            }
           }
         }
       }
@@ -493,10 +401,10 @@ void backward_tile(const StridedRows<const scalar_t>& dout, const StridedRows<co
       const bool has_above = l + 1 < g.levels;
       const int64_t oa = has_above ? g.off[l + 1] * Dp : 0;
       const acc_t* above[3] = {s.carry + oa, s.carry_k + oa, s.carry_v + oa};
-      level_probs(Q, K, m, g.p, Dp, scale, s.probs);
+      level_probs(Q, Dp, K, Dp, m, g.p, Dp, scale, s.probs);
       for (int64_t r0 = 0; r0 < m; r0 += g.p) {
         const int64_t n = std::min(g.p, m - r0);
-        if (l == 0) {  // as in forward_tile
+        if (l == 0) {  // frame-wise in step with level 0, the rest of `next` at the end
           const int64_t r1 = r0 + n < m ? r0 + n : next.nt;
           prefetch_rows(q, next, r0, r1, g.D);
           prefetch_rows(k, next, r0, r1, g.D);
