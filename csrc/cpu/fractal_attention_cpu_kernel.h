@@ -54,6 +54,9 @@ struct StridedRows {
 struct Geometry {
   int64_t B, H, T, D, Dp, p, levels, P, ntiles, total_rows;
   int64_t rows[kMaxLevels], off[kMaxLevels], span[kMaxLevels];  // span = frames per pooled row
+  // Windows of a full tile in the forward's order (top level first): level l's windows are
+  // numbered from window0[l]; total_windows in all.
+  int64_t window0[kMaxLevels], total_windows;
 
   Geometry(const at::Tensor& q, const FractalParams& params, int64_t vec_width) {
     B = q.size(0); H = q.size(1); T = q.size(2); D = q.size(3);
@@ -73,6 +76,11 @@ struct Geometry {
       off[l] = total_rows;
       total_rows += rows[l];
       s *= p;
+    }
+    total_windows = 0;
+    for (int64_t l = levels - 1; l >= 0; --l) {
+      window0[l] = total_windows;
+      total_windows += (rows[l] + p - 1) / p;
     }
   }
 };
@@ -305,8 +313,6 @@ void forward_tile(const StridedRows<const scalar_t>& q, const StridedRows<const 
     } else {
       gather_tile(q, k, v, b, h, t0, nt, g, s);
     }
-    int64_t nwindows = 0;
-    for (int64_t l = 0; l < g.levels; ++l) nwindows += (g.rows[l] + g.p - 1) / g.p;
     for (int64_t l = g.levels - 1; l >= 0; --l) {
       const int64_t m = (nt + g.span[l] - 1) / g.span[l];
       const bool in_place = l == 0 && direct_in;
@@ -316,15 +322,13 @@ void forward_tile(const StridedRows<const scalar_t>& q, const StridedRows<const 
       const int64_t qs = in_place ? q.st : Dp, ks = in_place ? k.st : Dp, vs = in_place ? v.st : Dp;
       acc_t* Y = s.carry + g.off[l] * Dp;  // this level's rows: Y, then GELU(Y) + carry
       level_probs(Q, qs, K, ks, m, g.p, Dp, scale, s.probs);
-      int64_t window0 = 0;  // windows of the levels above
-      for (int64_t above = g.levels - 1; above > l; --above) window0 += (g.rows[above] + g.p - 1) / g.p;
       // Y = P V, window by window.
       for (int64_t r0 = 0; r0 < m; r0 += g.p) {
         const int64_t n = std::min(g.p, m - r0);
         {  // `next`'s frames spread over all windows of all levels, the rest with the last one
-          const int64_t w = window0 + r0 / g.p;
-          const int64_t f0 = w * g.P / nwindows;
-          const int64_t f1 = l == 0 && r0 + n >= m ? next.nt : (w + 1) * g.P / nwindows;
+          const int64_t w = g.window0[l] + r0 / g.p;
+          const int64_t f0 = w * g.P / g.total_windows;
+          const int64_t f1 = l == 0 && r0 + n >= m ? next.nt : (w + 1) * g.P / g.total_windows;
           prefetch_rows(q, next, f0, f1, g.D);
           prefetch_rows(k, next, f0, f1, g.D);
           prefetch_rows(v, next, f0, f1, g.D);
