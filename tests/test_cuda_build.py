@@ -61,3 +61,17 @@ def test_arch_mismatch_is_explained(capability, runs):
 def test_arch_list_without_ptx_refuses_newer_majors():
     from mstr_kernels.ops.extension import cuda_arch_mismatch
     assert "sm_100" in cuda_arch_mismatch({"cuda_arch_list": "8.0;9.0"}, (10, 0))
+
+
+@pytest.mark.parametrize("arch_list,capability,runs", [
+    ("9.0a", (9, 0), True),        # what the H100 machines' environment sets
+    ("9.0a", (9, 1), False),       # arch-specific cubins run on that exact GPU only
+    ("9.0a", (10, 0), False),
+    ("10.0f", (10, 3), True),      # family cubins run on later minors of the family
+    ("10.0f", (12, 0), False),
+    ("8.0 9.0a+PTX", (12, 0), True),
+])
+def test_arch_suffixes(arch_list, capability, runs):
+    from mstr_kernels.ops.extension import cuda_arch_mismatch
+    why = cuda_arch_mismatch({"cuda_arch_list": arch_list}, capability)
+    assert (why is None) == runs, why

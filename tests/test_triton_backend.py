@@ -243,3 +243,43 @@ def test_offsets_beyond_int32():
     assert torch.equal(out[:, :, tail], out_small)
     for g, gs in zip((dq, dk, dv), grads_small):
         assert torch.equal(g[:, :, tail], gs)
+
+
+def test_tuning_from_environment(tmp_path):
+    """MSTR_KERNELS_TRITON_TUNING (inline JSON or a file, as triton_tune.py --json-out writes
+    it) overrides launch knobs; a bad value is an error naming the variable."""
+    from mstr_kernels.ops.triton_fractal import TUNING_ENV, tuning_from_env
+    assert tuning_from_env(None) == {}
+    assert tuning_from_env('{"fwd": {"scratch_mb": 16}}') == {"fwd": {"scratch_mb": 16}}
+    path = tmp_path / "tuning.json"
+    path.write_text('{"bwd": {"num_warps": 8, "chunk": 1024}}')
+    assert tuning_from_env(str(path)) == {"bwd": {"num_warps": 8, "chunk": 1024}}
+    for bad in ('{"fwd": {"warps": 8}}', '{"side": {}}', "[1]", str(tmp_path / "missing.json")):
+        with pytest.raises(ValueError, match=TUNING_ENV):
+            tuning_from_env(bad)
+
+
+def test_other_launch_knobs_give_the_same_outputs():
+    """The knobs triton_tune.py sweeps change block sizes and the grid, never the result."""
+    from mstr_kernels.ops import triton_fractal as tf
+    B, H, T, D, p, levels = 2, 2, 60, 24, 3, 3
+    q, k, v = make_inputs(B, H, T, D, torch.float32, seed=5)
+    lengths = lengths_tensor([60, 41])
+    dout = make_inputs(B, H, T, D, torch.float32, seed=6)[0]
+    saved = {kind: dict(knobs) for kind, knobs in tf.TUNING.items()}
+    results = []
+    try:
+        for knobs in ({}, {"chunk": 512, "level_chunk": 256, "pool_chunk": 512, "num_warps": 2,
+                           "scratch_mb": 8}, {"chunk": 4096, "level_chunk": 2048,
+                                               "pool_chunk": 8192, "num_warps": 8}):
+            for kind in ("fwd", "bwd"):
+                tf.set_tuning(kind, **dict(saved[kind], **knobs))
+            out = tf.fractal_attention_fwd(q, k, v, lengths, p, levels, D ** -0.5)
+            grads = tf.fractal_attention_bwd(dout, q, k, v, lengths, p, levels, D ** -0.5)
+            results.append((out, *grads))
+    finally:
+        for kind in ("fwd", "bwd"):
+            tf.set_tuning(kind, **saved[kind])
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

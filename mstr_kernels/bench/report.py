@@ -68,7 +68,17 @@ def environment(device: torch.device) -> dict:
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
+        "triton_tuning": _triton_tuning() if gpu else None,
     }
+
+
+def _triton_tuning():
+    """The Triton backend's launch knobs in effect (defaults or MSTR_KERNELS_TRITON_TUNING)."""
+    try:
+        from ..ops import triton_fractal
+    except ImportError:
+        return None
+    return {kind: dict(knobs) for kind, knobs in triton_fractal.TUNING.items()}
 
 
 def slug(text: str) -> str:

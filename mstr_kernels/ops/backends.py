@@ -114,8 +114,10 @@ BACKENDS: Dict[str, Backend] = {b.name: b for b in (
             _FLOATS + (torch.float64,), 256, (2, 8), 1024, False, _load_reference),
 )}
 
-# `auto` tries these in order: the fastest first (benchmarks/results decide the order).
-BACKEND_ORDER = ("cuda", "triton", "cpu", "reference")
+# `auto` tries these in order: the fastest first. On an H100 (benchmarks/results/nvidia-h100-*,
+# B=32 H=16 T=4096 D=64 bf16 p=3 levels=4) triton ran forward 1.40 ms and forward+backward
+# 6.21 ms, cuda 1.92 and 7.42 ms: triton goes first.
+BACKEND_ORDER = ("triton", "cuda", "cpu", "reference")
 BACKEND_NAMES = ("auto",) + BACKEND_ORDER
 
 _warned: set = set()

@@ -6,6 +6,7 @@ setup.py records the torch / CUDA versions and archs it built against in
 from __future__ import annotations
 
 import json
+import re
 import types
 from pathlib import Path
 
@@ -46,31 +47,39 @@ def _load_failure_reason(info: dict, error: Exception) -> str:
 
 
 def _arch_list(text: str):
-    """'8.0;9.0+PTX' -> ([(8, 0), (9, 0)], [(9, 0)]): cubin archs and PTX archs."""
+    """'8.0;9.0a;10.0f;9.0+PTX' -> [((8, 0), ''), ((9, 0), 'a'), ((10, 0), 'f'), ((9, 0), '')] and
+    the PTX archs [(9, 0)]: each cubin arch with its suffix ('a': that exact GPU only, 'f': its
+    family), and the archs that also carry PTX."""
     cubins, ptx = [], []
     for item in text.replace(",", ";").replace(" ", ";").split(";"):
-        if not item:
+        match = re.fullmatch(r"(\d+)(?:\.(\d+))?([af]?)(\+PTX)?", item.strip())
+        if not match:
             continue
-        version = item.replace("+PTX", "").split(".")
-        try:
-            arch = (int(version[0]), int(version[1]) if len(version) > 1 else 0)
-        except ValueError:
-            continue
-        cubins.append(arch)
-        if item.endswith("+PTX"):
+        arch = (int(match[1]), int(match[2] or 0))
+        cubins.append((arch, match[3]))
+        if match[4]:
             ptx.append(arch)
     return cubins, ptx
 
 
+def _cubin_runs_on(arch, suffix: str, capability) -> bool:
+    """A cubin for sm_XY runs on X.Y' with Y' >= Y; sm_XYa only on X.Y itself."""
+    if suffix == "a":
+        return tuple(capability) == arch
+    return arch[0] == capability[0] and arch[1] <= capability[1]
+
+
 def cuda_arch_mismatch(info: dict, capability) -> str | None:
     """Why the CUDA kernels cannot run on a GPU of this compute capability (None if they can):
-    a cubin for sm_XY runs on X.Y' with Y' >= Y, PTX for X.Y on any later GPU."""
+    a cubin for sm_XY runs on X.Y' with Y' >= Y (sm_XYa on X.Y only), PTX for X.Y on any later
+    GPU."""
     arch_list = info.get("cuda_arch_list")
     if not arch_list:
         return None
     cubins, ptx = _arch_list(arch_list)
     major, minor = capability
-    if any(c[0] == major and c[1] <= minor for c in cubins) or any(a <= (major, minor) for a in ptx):
+    if (any(_cubin_runs_on(arch, suffix, (major, minor)) for arch, suffix in cubins)
+            or any(a <= (major, minor) for a in ptx)):
         return None
     return (f"mstr_kernels._C was built for TORCH_CUDA_ARCH_LIST={arch_list!r}, which has no code "
             f"for this GPU (sm_{major}{minor}): rebuild with TORCH_CUDA_ARCH_LIST="

@@ -12,6 +12,7 @@ same kernels run on CPU tensors (how the tests run without a GPU).
 from __future__ import annotations
 
 import functools
+import json
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -37,6 +38,7 @@ TUNING = {
     "bwd": {"chunk": 512, "level_chunk": 512, "pool_chunk": 1024, "num_warps": 4,
             "maxnreg": 128, "scratch_mb": 32},
 }
+TUNING_ENV = "MSTR_KERNELS_TRITON_TUNING"
 REGISTERS_PER_SM = 65536
 MAX_PROGRAMS_PER_SM = 32
 
@@ -64,6 +66,36 @@ def set_tuning(kind: str, **values) -> None:
     TUNING[kind].update(values)
     launch_config.cache_clear()
     _PLAN_CACHE.clear()
+
+
+def tuning_from_env(text: Optional[str]) -> dict:
+    """{kind: {knob: value}} from MSTR_KERNELS_TRITON_TUNING: a JSON object, inline or in a
+    file (as benchmarks/triton_tune.py --json-out writes it), e.g. '{"fwd": {"scratch_mb": 16}}'.
+    Unknown kinds or knobs are errors that name the variable and the allowed keys."""
+    if not text:
+        return {}
+    try:
+        source = text
+        if not text.lstrip().startswith("{"):
+            with open(text) as f:
+                source = f.read()
+        values = json.loads(source)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{TUNING_ENV}={text!r}: not a JSON object nor a readable JSON file "
+                         f"({e})") from None
+    if not isinstance(values, dict) or set(values) - set(TUNING):
+        raise ValueError(f"{TUNING_ENV}={text!r}: expected a JSON object with keys among "
+                         f"{sorted(TUNING)}")
+    for kind, knobs in values.items():
+        unknown = set(knobs) - set(TUNING[kind]) if isinstance(knobs, dict) else {knobs}
+        if unknown:
+            raise ValueError(f"{TUNING_ENV}: unknown {kind} tuning keys {sorted(map(str, unknown))}: "
+                             f"allowed are {sorted(TUNING[kind])}")
+    return values
+
+
+for _kind, _knobs in tuning_from_env(os.environ.get(TUNING_ENV)).items():
+    TUNING[_kind].update(_knobs)
 
 
 @functools.lru_cache(maxsize=None)
