@@ -24,16 +24,19 @@ START, END = "<!-- perf:start -->", "<!-- perf:end -->"
 
 
 def load_results(results_dir: Path) -> list:
-    """(path, result) of the newest file per machine; GPU machines first, CPU only if no GPU."""
+    """(path, result) of the newest results file per machine, GPU machines first. Other JSON
+    files there (tuning knobs) have no "env" and are skipped."""
     newest = {}
     for path in sorted(results_dir.glob("*.json")):
         result = json.loads(path.read_text())
+        if not isinstance(result, dict) or "env" not in result:
+            continue
         env = result["env"]
         key = (env["device"], env["device_name"])
         if key not in newest or env["date"] > newest[key][1]["env"]["date"]:
             newest[key] = (path, result)
-    gpu = [v for k, v in newest.items() if k[0] == "cuda"]
-    return sorted(gpu or newest.values(), key=lambda v: v[1]["env"]["date"], reverse=True)
+    return sorted(newest.values(), key=lambda v: (v[1]["env"]["device"] != "cuda",
+                                                  v[1]["env"]["device_name"]))
 
 
 def _f(x, spec, suffix=""):
@@ -53,6 +56,14 @@ def _main_config(result):
     return cfg
 
 
+def _tuning_note(env: dict) -> str:
+    tuning = env.get("triton_tuning")
+    if not tuning:
+        return ""
+    return " Triton launch knobs: " + "; ".join(
+        f"{kind} " + ", ".join(f"{k}={v}" for k, v in knobs.items()) for kind, knobs in tuning.items()) + "."
+
+
 def _rel(path: Path) -> str:
     path = path.resolve()
     return path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
@@ -66,7 +77,8 @@ def render_one(path: Path, result: dict) -> str:
              f"torch {env['torch']}, Triton {env['triton']}, CUDA {env['cuda']}"
              + (f", driver {env['driver']}" if env.get("driver") else "")
              + f", {env['threads']} CPU threads. Device-to-device copy: "
-             f"{result['copy_gbs']:.1f} GB/s (read + write), which sets the memory floor.", "",
+             f"{result['copy_gbs']:.1f} GB/s (read + write), which sets the memory floor."
+             + _tuning_note(env), "",
              "Op, " + ", ".join(f"{k}={v}" for k, v in cfg.items()) + ":", "",
              "| contender | pass | median ms | GB/s | time / floor | x reference | "
              "x compiled reference | x SDPA | x Flex | peak MiB | note |",

@@ -181,12 +181,17 @@ def test_readme_perf_section_is_rendered_from_results(quick_run, tmp_path):
     ref = next(r for r in result["rows"] if r["contender"] == "reference" and r["T"] == 31
                and r["pass"] == "fwd")
     assert f"| reference | fwd | {ref['median_ms']:.3f} |" in text
-    # a GPU file, once there, replaces the CPU figures
-    gpu = dict(result, env=dict(result["env"], device="cuda", device_name="Some GPU"))
+    # a GPU file, once there, comes first and the CPU figures follow; a tuning file beside them
+    # (no "env") is not a results file
+    gpu = dict(result, env=dict(result["env"], device="cuda", device_name="Some GPU",
+                                triton_tuning={"fwd": {"chunk": 1024}}))
     (results / "some-gpu-2026-01-02.json").write_text(json.dumps(gpu))
+    (results / "some-gpu-2026-01-02-triton-tuning.json").write_text('{"fwd": {"chunk": 1024}}')
     assert render.main(args) == 0
     text = readme.read_text()
-    assert "Some GPU" in text and result["env"]["device_name"] not in text
+    assert text.index("Some GPU") < text.index(result["env"]["device_name"])
+    assert "No GPU results are committed yet" not in text
+    assert "Triton launch knobs: fwd chunk=1024." in text
     # the committed results files render, with repository-relative paths
     committed_dir = render.ROOT / "benchmarks" / "results"
     committed = render.render(committed_dir)

@@ -31,12 +31,15 @@ INTERPRET_PROGRAMS = 3
 # 9 rows does not pay for 32), and for pooling; warps per program and the register cap given
 # to ptxas (sets how many programs fit on an SM); the scratch of all programs of one launch
 # stays below scratch_mb MiB, so it can stay in L2 (fewer programs otherwise).
-# benchmarks/triton_tune.py sweeps these on a GPU.
+# benchmarks/triton_tune.py sweeps these on a GPU; these values are its choice on an H100 at
+# B=32 H=16 T=4096 D=64 bf16 p=3 levels=4 (benchmarks/results/nvidia-h100-80gb-hbm3-2026-11-24-2*:
+# forward 1.41 -> 1.35 ms, backward 4.88 -> 3.86 ms; fewer programs, from a smaller scratch
+# bound, were always slower).
 TUNING = {
-    "fwd": {"chunk": 2048, "level_chunk": 512, "pool_chunk": 1024, "num_warps": 4,
-            "maxnreg": 96, "scratch_mb": 32},
+    "fwd": {"chunk": 1024, "level_chunk": 512, "pool_chunk": 1024, "num_warps": 4,
+            "maxnreg": 168, "scratch_mb": 32},
     "bwd": {"chunk": 512, "level_chunk": 512, "pool_chunk": 1024, "num_warps": 4,
-            "maxnreg": 128, "scratch_mb": 32},
+            "maxnreg": 128, "scratch_mb": 64},
 }
 TUNING_ENV = "MSTR_KERNELS_TRITON_TUNING"
 REGISTERS_PER_SM = 65536
