@@ -33,6 +33,7 @@ from mstr_kernels.ops import triton_fractal as tf  # noqa: E402
 # programs run at once and so how much of L2 the scratch and the re-read input rows need
 # (benchmarks/NOTES.md: the forward moved 2.4x the bytes it must at 32 MiB).
 CANDIDATES = {
+    "level1_first": [0, 1],  # forward only
     "scratch_mb": [8, 12, 16, 24, 32, 64],
     "num_warps": [2, 4, 8],
     "maxnreg": [None, 64, 80, 96, 128, 168],
@@ -107,6 +108,8 @@ def main(argv=None) -> int:
         print(f"\n{kind}: start {best} -> {best_time * 1e6:.1f} us "
               f"({best_time / floors[kind]:.2f}x floor, {info})")
         for knob, values in CANDIDATES.items():
+            if knob not in best:  # a knob of the other kernel
+                continue
             for value in values:
                 if value == best[knob] or time.monotonic() - started > args.budget_s:
                     continue

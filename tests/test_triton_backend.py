@@ -269,11 +269,13 @@ def test_other_launch_knobs_give_the_same_outputs():
     saved = {kind: dict(knobs) for kind, knobs in tf.TUNING.items()}
     results = []
     try:
-        for knobs in ({}, {"chunk": 512, "level_chunk": 256, "pool_chunk": 512, "num_warps": 2,
-                           "scratch_mb": 8}, {"chunk": 4096, "level_chunk": 2048,
-                                               "pool_chunk": 8192, "num_warps": 8}):
+        for knobs in ({"level1_first": 0}, {"level1_first": 1},
+                      {"chunk": 512, "level_chunk": 256, "pool_chunk": 512, "num_warps": 2,
+                       "scratch_mb": 8, "level1_first": 1},
+                      {"chunk": 4096, "level_chunk": 2048, "pool_chunk": 8192, "num_warps": 8}):
             for kind in ("fwd", "bwd"):
-                tf.set_tuning(kind, **dict(saved[kind], **knobs))
+                tf.set_tuning(kind, **{k: v for k, v in dict(saved[kind], **knobs).items()
+                                       if k in saved[kind]})
             out = tf.fractal_attention_fwd(q, k, v, lengths, p, levels, D ** -0.5)
             grads = tf.fractal_attention_bwd(dout, q, k, v, lengths, p, levels, D ** -0.5)
             results.append((out, *grads))

@@ -35,9 +35,11 @@ INTERPRET_PROGRAMS = 3
 # B=32 H=16 T=4096 D=64 bf16 p=3 levels=4 (benchmarks/results/nvidia-h100-80gb-hbm3-2026-11-24-2*:
 # forward 1.41 -> 1.35 ms, backward 4.88 -> 3.86 ms; fewer programs, from a smaller scratch
 # bound, were always slower).
+# fwd level1_first: 1 runs level 1 right after pooling each chunk of frames (see
+# triton_fractal_fwd.py), 0 after the pooled levels.
 TUNING = {
     "fwd": {"chunk": 1024, "level_chunk": 512, "pool_chunk": 1024, "num_warps": 4,
-            "maxnreg": 168, "scratch_mb": 32},
+            "maxnreg": 168, "scratch_mb": 32, "level1_first": 0},
     "bwd": {"chunk": 512, "level_chunk": 512, "pool_chunk": 1024, "num_warps": 4,
             "maxnreg": 128, "scratch_mb": 64},
 }
@@ -58,6 +60,7 @@ class LaunchConfig:
     block_d: int       # D padded to a power of two
     num_warps: int
     maxnreg: Optional[int]
+    level1_first: bool = False  # forward: level 1 inside the pooling pass (one more region)
 
 
 def set_tuning(kind: str, **values) -> None:
@@ -117,8 +120,9 @@ def launch_config(p: int, levels: int, D: int, kind: str) -> LaunchConfig:
 
     n_rows = (tile - p) // (p - 1)  # p + p**2 + ... + p**(levels-1)
     row_stride = -(-D // 16) * 16
-    if kind == "fwd":  # pooled q, k, v sums and the top-down sum Z
-        floats = FWD_REGIONS.value * n_rows * row_stride
+    level1_first = kind == "fwd" and bool(tune.get("level1_first")) and levels > 1
+    if kind == "fwd":  # pooled q, k, v sums and the top-down sum Z (and GELU(Y_1))
+        floats = (FWD_REGIONS.value * n_rows + (tile if level1_first else 0)) * row_stride
     else:  # pooled q, k, v, dout; top-down dq, dk, dv; dY of a level; its softmax statistics
         floats = (BWD_REGIONS.value * n_rows + tile) * row_stride + 3 * tile
     return LaunchConfig(tile, n_rows, row_stride, max(16, -(-floats // 16) * 16),
@@ -127,7 +131,7 @@ def launch_config(p: int, levels: int, D: int, kind: str) -> LaunchConfig:
                                           min(max(1, tile // p), max_rows)),
                         block_r_pool=fit(tune["pool_chunk"], block_d, max(1, tile // p)),
                         block_d=block_d, num_warps=tune["num_warps"],
-                        maxnreg=tune["maxnreg"])
+                        maxnreg=tune["maxnreg"], level1_first=level1_first)
 
 
 def _meta(cfg: LaunchConfig, kind: str, p: int, levels: int, has_lengths: bool) -> dict:
@@ -135,6 +139,8 @@ def _meta(cfg: LaunchConfig, kind: str, p: int, levels: int, has_lengths: bool) 
                 N_ROWS=cfg.n_rows, DS=cfg.row_stride, PROGRAM_STRIDE=cfg.program_stride,
                 BR=cfg.block_r, BR_LEVEL=cfg.block_r_level, BR_POOL=cfg.block_r_pool, BD=cfg.block_d,
                 num_warps=cfg.num_warps)
+    if kind == "fwd":
+        meta["LEVEL1_FIRST"] = cfg.level1_first
     if cfg.maxnreg and not INTERPRET:
         meta["maxnreg"] = cfg.maxnreg
     return meta
