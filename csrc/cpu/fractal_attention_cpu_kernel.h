@@ -164,14 +164,19 @@ inline void window_values(const acc_t* probs, const acc_t* V, int64_t vs, int64_
 // entries of a short window's missing rows and keys are 0. All scores of the level first, W dot
 // products per horizontal_sums, then one pass of vector exps: window by window, each window's
 // reductions, exp and normalisation formed one long dependency chain.
+// `work` holds kLevelProbsWork vectors (in Scratch: local arrays of Vectorized are zero-filled
+// on every call, 5 KB of stores per level).
+template <typename acc_t>
+constexpr int64_t kLevelProbsWork = kMaxP * kMaxP + Vec<acc_t>::size();
+
 template <typename acc_t>
 void level_probs(const acc_t* Q, int64_t qs, const acc_t* K, int64_t ks, int64_t m, int64_t p,
-                 int64_t Dp, acc_t scale, acc_t* probs) {
+                 int64_t Dp, acc_t scale, acc_t* probs, Vec<acc_t>* work) {
   constexpr int64_t W = Vec<acc_t>::size();
   const int64_t windows = (m + p - 1) / p, total = windows * p * p;
-  Vec<acc_t> pending[W];
+  Vec<acc_t>* pending = work;
   int64_t npending = 0, done = 0;  // probs[done, done + npending) wait in `pending`
-  Vec<acc_t> acc[kMaxP * kMaxP];
+  Vec<acc_t>* acc = work + W;
   for (int64_t w = 0; w < windows; ++w) {
     const int64_t r0 = w * p, n = std::min(p, m - r0);
     const acc_t* Qw = Q + r0 * qs;
@@ -241,7 +246,8 @@ struct Scratch {
   acc_t *q, *k, *v, *carry;             // forward
   acc_t *dg, *carry_k, *carry_v, *dy;   // backward (carry holds the q carry)
   acc_t* probs;                         // level_probs of the current level
-  Scratch(const Geometry& g, bool backward) {
+  std::unique_ptr<Vec<acc_t>[]> work;   // level_probs' vector registers that spill
+  Scratch(const Geometry& g, bool backward) : work(new Vec<acc_t>[kLevelProbsWork<acc_t>]) {
     const int64_t n = g.total_rows * g.Dp;
     const int64_t nprobs = (g.rows[0] / g.p + 1) * g.p * g.p;
     block.reset(new acc_t[(backward ? 7 : 4) * n + (backward ? kMaxP * g.Dp : 0) + nprobs]);
@@ -321,7 +327,7 @@ void forward_tile(const StridedRows<const scalar_t>& q, const StridedRows<const 
       const acc_t* V = in_place ? reinterpret_cast<const acc_t*>(v.row(b, h, t0)) : s.v + g.off[l] * Dp;
       const int64_t qs = in_place ? q.st : Dp, ks = in_place ? k.st : Dp, vs = in_place ? v.st : Dp;
       acc_t* Y = s.carry + g.off[l] * Dp;  // this level's rows: Y, then GELU(Y) + carry
-      level_probs(Q, qs, K, ks, m, g.p, Dp, scale, s.probs);
+      level_probs(Q, qs, K, ks, m, g.p, Dp, scale, s.probs, s.work.get());
       // Y = P V, window by window.
       for (int64_t r0 = 0; r0 < m; r0 += g.p) {
         const int64_t n = std::min(g.p, m - r0);
@@ -405,7 +411,7 @@ void backward_tile(const StridedRows<const scalar_t>& dout, const StridedRows<co
       const bool has_above = l + 1 < g.levels;
       const int64_t oa = has_above ? g.off[l + 1] * Dp : 0;
       const acc_t* above[3] = {s.carry + oa, s.carry_k + oa, s.carry_v + oa};
-      level_probs(Q, Dp, K, Dp, m, g.p, Dp, scale, s.probs);
+      level_probs(Q, Dp, K, Dp, m, g.p, Dp, scale, s.probs, s.work.get());
       for (int64_t r0 = 0; r0 < m; r0 += g.p) {
         const int64_t n = std::min(g.p, m - r0);
         if (l == 0) {  // frame-wise in step with level 0, the rest of `next` at the end
