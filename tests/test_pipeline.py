@@ -37,9 +37,9 @@ def test_extract_train_evaluate_predict(fake_corpora, tmp_path, capsys, corpus, 
     assert (results["dataset"], run["fold"]) == (corpus, fold)
     best = runs / "seed0" / fold / "best.safetensors"
 
-    # the evaluation batches of training (twice the training batch size) give the same figures
-    assert cli.main(["evaluate", str(best), "--features-dir", str(features), "--batch-size", "16",
-                     "--json"]) == 0
+    # the evaluation batches of training (twice the training batch size) give the same figures;
+    # the checkpoint knows its features folder (--features-dir only overrides it)
+    assert cli.main(["evaluate", str(best), "--batch-size", "16", "--json"]) == 0
     evaluated = json.loads(capsys.readouterr().out)
     assert (evaluated["dataset"], evaluated["fold"], evaluated["split"]) == (corpus, fold, "test")
     assert set(run["test"]) == {"WA", "UA", "WF1", "loss"}
@@ -76,3 +76,13 @@ def test_extract_train_evaluate_predict(fake_corpora, tmp_path, capsys, corpus, 
             expected = torch.softmax(model(x[None]), dim=-1)[0]
         torch.testing.assert_close(torch.tensor(list(probabilities.values())), expected,
                                    atol=2e-3, rtol=0)
+
+    # features moved: the recorded folder is gone, the error says so; --features-dir finds them
+    moved = tmp_path / "features-moved"
+    features.rename(moved)
+    with pytest.raises(FileNotFoundError, match="--features-dir"):
+        cli.main(["evaluate", str(best), "--json"])
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(best), "--features-dir", str(moved), "--batch-size", "16",
+                     "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["WA"] == evaluated["WA"]

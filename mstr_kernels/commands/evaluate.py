@@ -5,7 +5,8 @@ def register(sub):
     p = sub.add_parser("evaluate", help="evaluate a checkpoint on a dataset split")
     p.add_argument("checkpoint", help="a .safetensors checkpoint written by mstr train")
     p.add_argument("--dataset", default=None, help="default: the checkpoint's dataset")
-    p.add_argument("--features-dir", default=None)
+    p.add_argument("--features-dir", default=None,
+                   help="default: the folder the checkpoint was trained from (its own dataset)")
     p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
                    help="overrides the options recorded in the checkpoint (for its own dataset)")
     p.add_argument("--fold", default=None, help="default: the checkpoint's fold")
@@ -20,6 +21,7 @@ def register(sub):
 
 def run(args) -> int:
     import json
+    import os
 
     from mstr_kernels.commands.train import parse_options
     from mstr_kernels.data import build_dataset
@@ -33,7 +35,13 @@ def run(args) -> int:
     # the data the model was trained on, unless told otherwise
     options = dict(meta.get("dataset_options") or {}) if dataset == meta["dataset"] else {}
     options.update(parse_options(args.dataset_option))
-    bundle = build_dataset(dataset, args.features_dir, **options)
+    features_dir = args.features_dir
+    if features_dir is None and dataset == meta["dataset"] and meta.get("features_dir"):
+        features_dir = meta["features_dir"]
+        if not os.path.isdir(features_dir):
+            raise FileNotFoundError(f"the checkpoint's features folder {features_dir!r} does not "
+                                    "exist here: pass --features-dir")
+    bundle = build_dataset(dataset, features_dir, **options)
     if list(bundle.class_names) != list(meta["class_names"]):
         raise ValueError(f"dataset {dataset!r} classes {bundle.class_names} differ from the "
                          f"checkpoint's {meta['class_names']}")

@@ -9,6 +9,7 @@ of loading every item.
 from __future__ import annotations
 
 import inspect
+import os
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
@@ -39,6 +40,9 @@ class DatasetBundle:
     # The options build_dataset was given, saved into checkpoints so that `mstr evaluate`
     # rebuilds the same data (e.g. the smaller synthetic set of `mstr train --quick`).
     options: Dict[str, object] = field(default_factory=dict)
+    # The features folder it was read from (absolute; None for built-in data), saved into
+    # checkpoints so that `mstr evaluate` finds it without --features-dir.
+    features_dir: Optional[str] = None
 
     @property
     def num_classes(self) -> int:
@@ -68,6 +72,7 @@ def build_dataset(name: str, features_dir: Optional[str] = None, **options) -> D
         raise ValueError(f"dataset {name!r} has no option(s) {unknown}: allowed are {allowed}")
     bundle = builder(features_dir, **options)
     bundle.options = dict(options)
+    bundle.features_dir = os.path.abspath(features_dir) if features_dir else None
     return bundle
 
 

@@ -142,6 +142,7 @@ def train_run(model_name: str, model_config: MSTRConfig, bundle, fold, config: T
     meta_base = {"model": model_name, "config": model_config.to_dict(),
                  "class_names": list(bundle.class_names), "extractor": bundle.extractor,
                  "dataset": bundle.name, "dataset_options": bundle.options,
+                 "features_dir": bundle.features_dir,
                  "fold": fold.name, "seed": seed,
                  "train_config": asdict(config), "world_size": ctx.world_size}
 
