@@ -10,8 +10,9 @@
 #    wrote; copy them into benchmarks/results/ and commit them.
 # Where the tree is a copy without .git, set MSTR_BENCH_COMMIT to the commit it was taken from.
 # GPU_SUITE_STEPS picks the steps (default "parity bench"; the build always runs): on an H100
-# the parity step took 345 s and the benchmarks 230 s, so both need about 11 minutes; a device
-# call of 10 minutes runs them in two calls. The step "tune" runs benchmarks/triton_tune.py
+# the parity step took 345 s in one process and the benchmarks 230 s; parity now runs on 4
+# pytest-xdist workers where xdist is installed, to fit both in one 10-minute call (otherwise
+# the parity step stops at half the time left and the benchmarks still run). The step "tune" runs benchmarks/triton_tune.py
 # first and benchmarks the Triton backend with the knobs it found (MSTR_KERNELS_TRITON_TUNING;
 # the results file records them under env.triton_tuning; commit them to TUNING afterwards).
 # Each step has a time limit so that the whole stays under 10 minutes (GPU_SUITE_LIMIT_S, default
@@ -61,8 +62,11 @@ elif $PY -c "import pytest" 2>/dev/null; then
   # The op-level files: every backend against the float64 loop on CUDA, the op API, the module
   # and the model. (Data and training tests need soundfile/PyAV, which GPU images may lack; CI
   # runs them.) No -x: one failure must not hide the others.
+  # With pytest-xdist, 4 workers share the Triton compiles (tests that need most of the GPU
+  # memory take a lock: the whole_gpu fixture); --durations tells where the time goes.
+  parallel=$($PY -c "import xdist" 2>/dev/null && echo "-n 4 --dist load")
   step "parity suite on CUDA (pytest)" "$parity_limit" $PY -m pytest -q -p no:cacheprovider \
-    --maxfail=25 tests/test_cuda_backend.py tests/test_triton_backend.py tests/test_reference.py \
+    --maxfail=25 --durations=20 $parallel tests/test_cuda_backend.py tests/test_triton_backend.py tests/test_reference.py \
     tests/test_op_api.py tests/test_errors.py tests/test_module.py tests/test_model.py \
     tests/test_cuda_build.py
 else

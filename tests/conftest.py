@@ -20,6 +20,19 @@ def pytest_report_header(config):
             f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '')}")
 
 
+@pytest.fixture
+def whole_gpu():
+    """For tests that need most of the GPU's memory: held by one test at a time, also across
+    pytest-xdist workers (scripts/gpu_suite.sh runs the parity tests in parallel)."""
+    import tempfile
+
+    from filelock import FileLock  # a dependency of torch
+    with FileLock(os.path.join(tempfile.gettempdir(), "mstr-kernels-whole-gpu.lock")):
+        if CUDA:
+            torch.cuda.empty_cache()
+        yield
+
+
 @pytest.fixture(scope="session")
 def fake_corpora(tmp_path_factory):
     """IEMOCAP, MELD and CREMA-D folders laid out like the real ones (fake_corpora.py) and a tiny

@@ -197,7 +197,7 @@ def test_autocast_runs_in_bfloat16():
     assert rel_err(out, torch.from_numpy(ref).cuda()) < SPEC_BOUND[torch.bfloat16]
 
 
-def test_offsets_beyond_int32():
+def test_offsets_beyond_int32(whole_gpu):
     # q, k, v views of one (1, T, 3, 1, D) tensor with B*H*T*D > 2**31; tiles are independent,
     # so the last tiles are checked against the reference on just those frames.
     D, P = 64, 81

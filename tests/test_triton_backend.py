@@ -222,7 +222,7 @@ def test_torch_compile_fullgraph():
 
 
 @pytest.mark.skipif(not CUDA, reason="64-bit offsets need > 2**31 elements: a GPU run only")
-def test_offsets_beyond_int32():
+def test_offsets_beyond_int32(whole_gpu):
     """Tiles far beyond 2**31 elements match the same frames computed on a small copy."""
     free, _ = torch.cuda.mem_get_info()
     H, D, p, levels = 16, 64, 3, 4
