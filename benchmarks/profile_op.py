@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch  # noqa: E402
 
 from mstr_kernels.ops import backends  # noqa: E402
+from triton_tune import projection_inputs  # noqa: E402  (this folder)
 
 
 def main(argv=None) -> int:
@@ -34,9 +35,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     dtype = getattr(torch, args.dtype)
     B, H, T, D = args.B, args.H, args.T, args.D
-    qkv = torch.randn(B, T, 3, H, D, device="cuda", dtype=dtype)
-    q, k, v = (x.transpose(1, 2) for x in qkv.unbind(2))
-    dout = torch.randn(B, T, H, D, device="cuda", dtype=dtype).transpose(1, 2)
+    q, k, v, dout = projection_inputs(B, H, T, D, dtype)
     module = backends.get_backend(args.backend).module()
     scale = D ** -0.5
     if args.kind == "fwd":

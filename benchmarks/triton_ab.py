@@ -24,6 +24,7 @@ import torch  # noqa: E402
 from triton.testing import do_bench  # noqa: E402
 
 from mstr_kernels.ops import triton_fractal as tf  # noqa: E402
+from triton_tune import copy_bandwidth, projection_inputs  # noqa: E402  (this folder)
 
 
 def main(argv=None) -> int:
@@ -38,15 +39,10 @@ def main(argv=None) -> int:
         print("no CUDA GPU visible")
         return 1
     B, H, T, D, p, levels = args.B, args.H, args.T, args.D, args.p, args.levels
-    qkv = torch.randn(B, T, 3, H, D, device="cuda", dtype=torch.bfloat16)
-    q, k, v = (x.transpose(1, 2) for x in qkv.unbind(2))
-    dout = torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+    q, k, v, dout = projection_inputs(B, H, T, D)
     scale = D ** -0.5
     tensor_bytes = B * H * T * D * 2
-    src = torch.empty(2 * tensor_bytes, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    bandwidth = 2 * src.numel() / (do_bench(lambda: dst.copy_(src), rep=200,
-                                            return_mode="median") * 1e-3)
+    bandwidth = copy_bandwidth(4 * tensor_bytes)
     floor = (4 if args.kind == "fwd" else 7) * tensor_bytes / bandwidth
 
     def call():

@@ -44,11 +44,20 @@ CANDIDATES = {
 
 
 def copy_bandwidth(nbytes: int) -> float:
-    """Bytes per second of a device-to-device copy (read + write counted)."""
+    """Bytes per second of a device-to-device copy (read + write counted; median time)."""
     src = torch.empty(nbytes // 2, dtype=torch.bfloat16, device="cuda")
     dst = torch.empty_like(src)
-    ms = do_bench(lambda: dst.copy_(src), warmup=25, rep=200)
+    ms = do_bench(lambda: dst.copy_(src), warmup=25, rep=200, return_mode="median")
     return 2 * nbytes / (ms * 1e-3)
+
+
+def projection_inputs(B: int, H: int, T: int, D: int, dtype=torch.bfloat16):
+    """q, k, v as (B, H, T, D) views of one random (B, T, 3, H, D) projection, as the model
+    passes them, and dout laid out as (B, T, H, D): the benchmark's inputs."""
+    qkv = torch.randn(B, T, 3, H, D, device="cuda", dtype=dtype)
+    q, k, v = (x.transpose(1, 2) for x in qkv.unbind(2))
+    dout = torch.randn(B, T, H, D, device="cuda", dtype=dtype).transpose(1, 2)
+    return q, k, v, dout
 
 
 def main(argv=None) -> int:
@@ -64,9 +73,7 @@ def main(argv=None) -> int:
         print("no CUDA GPU visible: nothing to tune")
         return 1
     B, H, T, D, p, levels = args.B, args.H, args.T, args.D, args.p, args.levels
-    qkv = torch.randn(B, T, 3, H, D, device="cuda", dtype=torch.bfloat16)
-    q, k, v = (x.transpose(1, 2) for x in qkv.unbind(2))
-    dout = torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+    q, k, v, dout = projection_inputs(B, H, T, D)
     scale = D ** -0.5
     tensor_bytes = B * H * T * D * 2
     bandwidth = copy_bandwidth(4 * tensor_bytes)
