@@ -33,6 +33,9 @@ def main(argv=None) -> int:
         parser.add_argument(f"--{name}", type=int, default=default)
     parser.add_argument("--dtype", default="bfloat16")
     args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("no CUDA GPU visible")
+        return 1
     dtype = getattr(torch, args.dtype)
     B, H, T, D = args.B, args.H, args.T, args.D
     q, k, v, dout = projection_inputs(B, H, T, D, dtype)
