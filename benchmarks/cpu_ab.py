@@ -3,7 +3,8 @@ runs in its own process (two builds in one process would share their exported sy
 alternating rounds, so that the load of a shared machine falls on all of them alike.
 
 Per round and build: the median of 7 calls of the fused forward and backward at B=8, H=16,
-T=1024, D=64, float32, p=3, levels=4 (q, k, v views of a (B, T, 3, H, D) projection, 2 threads)
+T=1024, D=64, float32, p=3, levels=4 (q, k, v views of a (B, T, 3, H, D) projection, or with
+`--layout contiguous` separate (B, H, T, D) tensors; 2 threads)
 and the memory floor of that round (bytes of q, k, v, out at the bandwidth of a 256 MiB copy_
 into a warm buffer); printed: medians over rounds. `--in-cache` instead times one thread on
 B=1 (inputs resident in L3) and prints the best microseconds per tile.
@@ -22,7 +23,7 @@ import time
 
 ONE_ROUND = r"""
 import importlib.machinery, importlib.util, json, statistics, sys, time, torch
-path, in_cache = sys.argv[1], sys.argv[2] == "1"
+path, in_cache, layout = sys.argv[1], sys.argv[2] == "1", sys.argv[3]
 loader = importlib.machinery.ExtensionFileLoader("_C", path)
 ext = importlib.util.module_from_spec(importlib.util.spec_from_file_location("_C", path, loader=loader))
 loader.exec_module(ext)
@@ -30,8 +31,11 @@ torch.manual_seed(0)
 B, H, T, D = (1, 16, 1024, 64) if in_cache else (8, 16, 1024, 64)
 if in_cache:
     torch.set_num_threads(1)
-proj = torch.randn(B, T, 3, H, D)
-q, k, v = (proj[:, :, i].transpose(1, 2) for i in range(3))
+if layout == "projection":
+    proj = torch.randn(B, T, 3, H, D)
+    q, k, v = (proj[:, :, i].transpose(1, 2) for i in range(3))
+else:
+    q, k, v = (torch.randn(B, H, T, D) for _ in range(3))
 dout = torch.randn(B, H, T, D)
 fwd = lambda: ext.fractal_attention_fwd(q, k, v, None, 3, 4, D ** -0.5)
 bwd = lambda: ext.fractal_attention_bwd(dout, q, k, v, None, 3, 4, D ** -0.5)
@@ -58,13 +62,22 @@ def main() -> None:
     ap.add_argument("builds", nargs="+", help="copies of mstr_kernels/_C*.so")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--in-cache", action="store_true")
+    ap.add_argument("--per-round", action="store_true",
+                    help="also print every round (this machine's copy bandwidth differs between "
+                         "processes by up to 1.7x: compare builds within a bandwidth mode)")
+    ap.add_argument("--layout", choices=("projection", "contiguous"), default="projection",
+                    help="q, k, v as views of a (B, T, 3, H, D) projection (default), or contiguous "
+                         "(B, H, T, D) tensors as `mstr bench` uses")
     args = ap.parse_args()
     runs = {path: [] for path in args.builds}
     for _ in range(args.rounds):
         for path in args.builds:
-            out = subprocess.run([sys.executable, "-c", ONE_ROUND, path, "1" if args.in_cache else "0"],
+            out = subprocess.run([sys.executable, "-c", ONE_ROUND, path, "1" if args.in_cache else "0",
+                                  args.layout],
                                  capture_output=True, text=True, check=True).stdout
             runs[path].append(json.loads(out.strip().splitlines()[-1]))
+            if args.per_round:
+                print(f"  {path}: " + ", ".join(f"{k} {v:.2f}" for k, v in runs[path][-1].items()))
         time.sleep(0.5)
     for path, rows in runs.items():
         if args.in_cache:

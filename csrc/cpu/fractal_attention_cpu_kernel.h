@@ -8,10 +8,11 @@
 // q, k, v (any strides, any float dtype) into a thread-local buffer of acc_t (float, or double for
 // float64) whose rows are padded with zeros to a whole number of vectors, builds the pooled
 // levels hierarchically as means (children weighted by the valid frames they cover, so tails are
-// exact), and walks the levels from the top down. Per level: all window scores and softmaxes
-// (level_probs), then Y = P V, then GELU(Y) plus the upsampled "carry" of the level above in a
-// pass of its own; level 1 writes each output frame once (float rows of whole vectors straight
-// into the output). While it computes, the task prefetches the rows of the thread's next task.
+// exact), computes the softmax probabilities of every window of every level at once
+// (tile_probs), and walks the levels from the top down. Per level: Y = P V, then GELU(Y) plus
+// the upsampled "carry" of the level above in a pass of its own; level 1 writes each output frame
+// once (float rows of whole vectors straight into the output). While it computes, the task
+// prefetches the rows of the thread's next task.
 // The backward recomputes the same and spreads the pooled gradients back the same way (divided
 // by counts). Tasks never share an output row, so the result is deterministic and independent of
 // the thread count. Outputs come from csrc/cpu/output_cache.h.
@@ -54,9 +55,13 @@ struct StridedRows {
 struct Geometry {
   int64_t B, H, T, D, Dp, p, levels, P, ntiles, total_rows;
   int64_t rows[kMaxLevels], off[kMaxLevels], span[kMaxLevels];  // span = frames per pooled row
-  // Windows of a full tile in the forward's order (top level first): level l's windows are
-  // numbered from window0[l]; total_windows in all.
-  int64_t window0[kMaxLevels], total_windows;
+  // Windows of a full tile, all levels, rounded up to whole vectors: the row length of the
+  // window-minor probabilities (tile_probs).
+  int64_t probs_stride;
+  // Whether q's heads lie closer together than its frames (views of a (B, T, 3, H, D)
+  // projection) rather than each head's frames contiguous ((B, H, T, D)): the order of the
+  // tasks (for_each_tile) and of the prefetches (NextTaskPrefetch) follows the memory.
+  bool heads_inner;
 
   Geometry(const at::Tensor& q, const FractalParams& params, int64_t vec_width) {
     B = q.size(0); H = q.size(1); T = q.size(2); D = q.size(3);
@@ -77,11 +82,10 @@ struct Geometry {
       total_rows += rows[l];
       s *= p;
     }
-    total_windows = 0;
-    for (int64_t l = levels - 1; l >= 0; --l) {
-      window0[l] = total_windows;
-      total_windows += (rows[l] + p - 1) / p;
-    }
+    int64_t windows = 0;
+    for (int64_t l = 0; l < levels; ++l) windows += (rows[l] + p - 1) / p;
+    probs_stride = (windows + vec_width - 1) / vec_width * vec_width;
+    heads_inner = std::abs(q.stride(1)) <= std::abs(q.stride(2)) || T == 1;
   }
 };
 
@@ -126,7 +130,7 @@ void build_pyramid(acc_t* buf, const Geometry& g, int64_t nt, bool to_means,
 // rows: each vector of Q and K is loaded once (in registers: N * N + N + 1 <= 21 vectors).
 template <int N, typename acc_t>
 inline void window_dots(const acc_t* Q, int64_t qs, const acc_t* K, int64_t ks, int64_t Dp,
-                        Vec<acc_t>* acc) {
+                        Vec<acc_t>* acc, int64_t acc_stride) {
   constexpr int64_t W = Vec<acc_t>::size();
   Vec<acc_t> sum[N * N];
   for (int a = 0; a < N * N; ++a) sum[a] = Vec<acc_t>(acc_t(0));
@@ -138,16 +142,17 @@ inline void window_dots(const acc_t* Q, int64_t qs, const acc_t* K, int64_t ks, 
       for (int i = 0; i < N; ++i) sum[j * N + i] = at::vec::fmadd(qv, kv[i], sum[j * N + i]);
     }
   }
-  for (int a = 0; a < N * N; ++a) acc[a] = sum[a];
+  for (int a = 0; a < N * N; ++a) acc[a * acc_stride] = sum[a];
 }
 
-// Y[j] = sum_i probs[j * N + i] V[i] for one full window of N <= 4 rows (Dp apart): the
+// Y[j] = sum_i probs[(j * N + i) * ps] V[i] for one full window of N <= 4 rows (Dp apart): the
 // probabilities broadcast once, each vector of V loaded once, N independent accumulators.
 template <int N, typename acc_t>
-inline void window_values(const acc_t* probs, const acc_t* V, int64_t vs, int64_t Dp, acc_t* Y) {
+inline void window_values(const acc_t* probs, int64_t ps, const acc_t* V, int64_t vs, int64_t Dp,
+                          acc_t* Y) {
   constexpr int64_t W = Vec<acc_t>::size();
   Vec<acc_t> weight[N * N];
-  for (int a = 0; a < N * N; ++a) weight[a] = Vec<acc_t>(probs[a]);
+  for (int a = 0; a < N * N; ++a) weight[a] = Vec<acc_t>(probs[a * ps]);
   for (int64_t d = 0; d < Dp; d += W) {
     Vec<acc_t> v[N];
     for (int i = 0; i < N; ++i) v[i] = Vec<acc_t>::loadu(V + i * vs + d);
@@ -159,84 +164,84 @@ inline void window_values(const acc_t* probs, const acc_t* V, int64_t vs, int64_
   }
 }
 
-// Softmax probabilities of every window of one level of m rows (windows of p rows, the last
-// one possibly shorter): probs[w * p * p + j * p + i] for query j and key i of window w; the
-// entries of a short window's missing rows and keys are 0. All scores of the level first, W dot
-// products per horizontal_sums, then one pass of vector exps: window by window, each window's
-// reductions, exp and normalisation formed one long dependency chain.
-// `work` holds kLevelProbsWork vectors (in Scratch: local arrays of Vectorized are zero-filled
-// on every call, 5 KB of stores per level).
+// Softmax probabilities of every window of every level of one tile, window-minor:
+// probs[(j * p + i) * stride + w] for query j and key i of window w, windows numbered in the
+// forward's order (top level first), so that the softmax runs on whole vectors of W windows
+// (scalar, window by window, it cost as much as all the dot products). Per block of W windows:
+// each window's p * p dot-product accumulators (window_dots) into `work`, then per (j, i) one
+// horizontal_sums turns the W windows' accumulators into their W scores. Level l has m[l] rows,
+// read from Q[l] and K[l] (rows qs[l] and ks[l] apart); the last window of a level holds fewer
+// than p rows when p does not divide m[l]: its missing keys get -inf (probability exactly 0),
+// its missing queries are never read. `rows_of` receives each window's rows (stride values);
+// `work` holds p * p * W vectors. Returns the number of windows.
 template <typename acc_t>
-constexpr int64_t kLevelProbsWork = kMaxP * kMaxP + Vec<acc_t>::size();
-
-template <typename acc_t>
-void level_probs(const acc_t* Q, int64_t qs, const acc_t* K, int64_t ks, int64_t m, int64_t p,
-                 int64_t Dp, acc_t scale, acc_t* probs, Vec<acc_t>* work) {
+int64_t tile_probs(const acc_t* const* Q, const int64_t* qs, const acc_t* const* K,
+                   const int64_t* ks, const int64_t* m, int64_t levels, int64_t p, int64_t Dp,
+                   acc_t scale, int64_t stride, acc_t* probs, acc_t* rows_of, Vec<acc_t>* work) {
   constexpr int64_t W = Vec<acc_t>::size();
-  const int64_t windows = (m + p - 1) / p, total = windows * p * p;
-  Vec<acc_t>* pending = work;
-  int64_t npending = 0, done = 0;  // probs[done, done + npending) wait in `pending`
-  Vec<acc_t>* acc = work + W;
-  for (int64_t w = 0; w < windows; ++w) {
-    const int64_t r0 = w * p, n = std::min(p, m - r0);
-    const acc_t* Qw = Q + r0 * qs;
-    const acc_t* Kw = K + r0 * ks;
-    if (n == p && p == 2) {
-      window_dots<2>(Qw, qs, Kw, ks, Dp, acc);
-    } else if (n == p && p == 3) {
-      window_dots<3>(Qw, qs, Kw, ks, Dp, acc);
-    } else if (n == p && p == 4) {
-      window_dots<4>(Qw, qs, Kw, ks, Dp, acc);
-    } else {
-      for (int64_t j = 0; j < p; ++j) {
-        for (int64_t i = 0; i < p; ++i) {
-          Vec<acc_t> sum(acc_t(0));
-          if (j < n && i < n)
-            for (int64_t d = 0; d < Dp; d += W)
-              sum = at::vec::fmadd(Vec<acc_t>::loadu(Qw + j * qs + d),
-                                   Vec<acc_t>::loadu(Kw + i * ks + d), sum);
-          acc[j * p + i] = sum;
+  const int64_t pp = p * p;
+  int64_t w = 0;
+  auto reduce_block = [&](int64_t count) {  // windows [w - count, w) sit in work slots [0, count)
+    for (int64_t a = 0; a < pp; ++a) {
+      for (int64_t slot = count; slot < W; ++slot) work[a * W + slot] = Vec<acc_t>(acc_t(0));
+      horizontal_sums(work + a * W, probs + a * stride + (w - count));
+    }
+  };
+  for (int64_t l = levels - 1; l >= 0; --l) {
+    for (int64_t r0 = 0; r0 < m[l]; r0 += p) {
+      const int64_t n = std::min(p, m[l] - r0);
+      const acc_t* Qw = Q[l] + r0 * qs[l];
+      const acc_t* Kw = K[l] + r0 * ks[l];
+      Vec<acc_t>* acc = work + w % W;  // (j, i) at acc[(j * p + i) * W]
+      if (n == p && p == 2) {
+        window_dots<2>(Qw, qs[l], Kw, ks[l], Dp, acc, W);
+      } else if (n == p && p == 3) {
+        window_dots<3>(Qw, qs[l], Kw, ks[l], Dp, acc, W);
+      } else if (n == p && p == 4) {
+        window_dots<4>(Qw, qs[l], Kw, ks[l], Dp, acc, W);
+      } else {
+        for (int64_t j = 0; j < p; ++j) {
+          for (int64_t i = 0; i < p; ++i) {
+            Vec<acc_t> sum(acc_t(0));
+            if (j < n && i < n)
+              for (int64_t d = 0; d < Dp; d += W)
+                sum = at::vec::fmadd(Vec<acc_t>::loadu(Qw + j * qs[l] + d),
+                                     Vec<acc_t>::loadu(Kw + i * ks[l] + d), sum);
+            acc[(j * p + i) * W] = sum;
+          }
         }
       }
+      rows_of[w++] = acc_t(n);
+      if (w % W == 0) reduce_block(W);
     }
-    for (int64_t a = 0; a < p * p; ++a) {
-      pending[npending++] = acc[a];
-      if (npending == W) {
-        horizontal_sums(pending, probs + done);
-        done += W;
-        npending = 0;
+  }
+  if (w % W != 0) reduce_block(w % W);
+  const int64_t windows = w;
+  for (; w % W != 0; ++w) rows_of[w] = acc_t(p);  // padding lanes: finite, never read
+  const Vec<acc_t> minus_inf(-std::numeric_limits<acc_t>::infinity()), vscale(scale);
+  for (int64_t w0 = 0; w0 < windows; w0 += W) {
+    const Vec<acc_t> rows = Vec<acc_t>::loadu(rows_of + w0);
+    for (int64_t j = 0; j < p; ++j) {
+      acc_t* row = probs + j * p * stride + w0;
+      Vec<acc_t> score[kMaxP];
+      Vec<acc_t> top = minus_inf;  // of the scaled scores: scale < 0 is allowed
+      for (int64_t i = 0; i < p; ++i) {
+        const Vec<acc_t> scaled = Vec<acc_t>::loadu(row + i * stride) * vscale;
+        score[i] = Vec<acc_t>::blendv(minus_inf, scaled, rows > Vec<acc_t>(acc_t(i)));
+        top = at::vec::maximum(top, score[i]);
       }
+      Vec<acc_t> z(acc_t(0));
+      for (int64_t i = 0; i < p; ++i) {
+        score[i] = (score[i] - top).exp();
+        z = z + score[i];
+      }
+      const Vec<acc_t> inv_z = Vec<acc_t>(acc_t(1)) / z;
+      for (int64_t i = 0; i < p; ++i) (score[i] * inv_z).store(row + i * stride);
     }
   }
-  if (npending > 0) {
-    alignas(64) acc_t tail[W];
-    for (int64_t k = npending; k < W; ++k) pending[k] = Vec<acc_t>(acc_t(0));
-    horizontal_sums(pending, tail);
-    std::copy(tail, tail + npending, probs + done);
-  }
-  for (int64_t w = 0; w < windows; ++w) {
-    const int64_t n = std::min(p, m - w * p);
-    acc_t* win = probs + w * p * p;
-    for (int64_t j = 0; j < n; ++j) {
-      acc_t top = -std::numeric_limits<acc_t>::infinity();  // of the scaled scores: scale < 0 is allowed
-      for (int64_t i = 0; i < n; ++i) top = std::max(top, win[j * p + i] *= scale);
-      for (int64_t i = 0; i < n; ++i) win[j * p + i] -= top;
-    }
-  }
-  int64_t o = 0;
-  for (; o + W <= total; o += W) Vec<acc_t>::loadu(probs + o).exp().store(probs + o);
-  if (o < total) Vec<acc_t>::loadu(probs + o, total - o).exp().store(probs + o, total - o);
-  for (int64_t w = 0; w < windows; ++w) {
-    const int64_t n = std::min(p, m - w * p);
-    acc_t* win = probs + w * p * p;
-    for (int64_t j = 0; j < n; ++j) {
-      acc_t z = 0;
-      for (int64_t i = 0; i < n; ++i) z += win[j * p + i];
-      const acc_t inv_z = acc_t(1) / z;
-      for (int64_t i = 0; i < n; ++i) win[j * p + i] *= inv_z;
-    }
-  }
+  return windows;
 }
+
 
 // Per-thread scratch for one tile: q, k, v pyramids and per-level carries.
 template <typename acc_t>
@@ -245,14 +250,16 @@ struct Scratch {
   std::unique_ptr<acc_t[]> block;
   acc_t *q, *k, *v, *carry;             // forward
   acc_t *dg, *carry_k, *carry_v, *dy;   // backward (carry holds the q carry)
-  acc_t* probs;                         // level_probs of the current level
-  std::unique_ptr<Vec<acc_t>[]> work;   // level_probs' vector registers that spill
-  Scratch(const Geometry& g, bool backward) : work(new Vec<acc_t>[kLevelProbsWork<acc_t>]) {
+  acc_t *probs, *window_rows;           // tile_probs' output
+  std::unique_ptr<Vec<acc_t>[]> work;   // tile_probs' accumulators of one block of windows
+  Scratch(const Geometry& g, bool backward)
+      : work(new Vec<acc_t>[g.p * g.p * Vec<acc_t>::size()]) {
     const int64_t n = g.total_rows * g.Dp;
-    const int64_t nprobs = (g.rows[0] / g.p + 1) * g.p * g.p;
+    const int64_t nprobs = (g.p * g.p + 1) * g.probs_stride;
     block.reset(new acc_t[(backward ? 7 : 4) * n + (backward ? kMaxP * g.Dp : 0) + nprobs]);
     acc_t* next = block.get();
     probs = next;
+    window_rows = probs + g.p * g.p * g.probs_stride;
     next += nprobs;
     for (acc_t** array : {&q, &k, &v, &carry}) { *array = next; next += n; }
     dg = carry_k = carry_v = dy = nullptr;
@@ -280,6 +287,53 @@ inline void prefetch_rows(const StridedRows<const scalar_t>& x, const Task& next
     for (int64_t o = 0; o < bytes; o += 64) prefetch_l2(row + o);
   }
 }
+
+// Prefetches the next task's rows of q, k, v (or more tensors) into L2 while this task computes,
+// line by line, tensor by tensor, a few lines per tick() over `events` ticks: the lines of the
+// rows the next task reads first go first, and no tick issues a burst that fills the core's miss
+// buffers. Used where each head's frames are contiguous (11% off the forward against per-window
+// bursts of whole frames there; see forward_tile for the other layout).
+template <typename scalar_t>
+struct NextTaskPrefetch {
+  const StridedRows<const scalar_t>* x[4];
+  int64_t ntensors, b, h, t0, rows, row_bytes, lines_per_row, total, events;
+  int64_t issued = 0, ticks = 0, tensor = 0, row = 0, line = 0;  // the next line to prefetch
+  NextTaskPrefetch(std::initializer_list<const StridedRows<const scalar_t>*> tensors,
+                   const Task& next, int64_t D, int64_t events_)
+      : ntensors(static_cast<int64_t>(tensors.size())), b(next.b), h(next.h), t0(next.t0),
+        rows(next.nt), events(std::max<int64_t>(events_, 1)) {
+    std::copy(tensors.begin(), tensors.end(), x);
+    row_bytes = D * static_cast<int64_t>(sizeof(scalar_t));
+    // Contiguous rows: their lines, one more where a row straddles one; strided: a line a value.
+    lines_per_row = x[0]->sd == 1 ? row_bytes / 64 + 1 : D;
+    total = ntensors * rows * lines_per_row;
+  }
+  void issue(int64_t upto) {
+    // The cursor in locals: as members, every step went through memory.
+    int64_t n = issued, ti = tensor, r = row, li = line;
+    for (; n < upto; ++n) {
+      const StridedRows<const scalar_t>& t = *x[ti];
+      const char* start = reinterpret_cast<const char*>(t.row(b, h, t0 + r));
+      if (t.sd != 1) {
+        prefetch_l2(start + li * t.sd * static_cast<int64_t>(sizeof(scalar_t)));
+      } else {
+        const uintptr_t first = reinterpret_cast<uintptr_t>(start) & ~uintptr_t(63);
+        const char* address = reinterpret_cast<const char*>(first + li * 64);
+        if (address < start + row_bytes) prefetch_l2(address);
+      }
+      if (++li < lines_per_row) continue;
+      li = 0;
+      if (++r == rows) {
+        r = 0;
+        ++ti;
+      }
+    }
+    issued = n; tensor = ti; row = r; line = li;
+  }
+  void tick() { issue(std::min(total, total * ++ticks / events)); }
+  void finish() { issue(total); }
+};
+
 
 template <typename scalar_t, typename acc_t>
 int64_t gather_tile(const StridedRows<const scalar_t>& q, const StridedRows<const scalar_t>& k,
@@ -319,40 +373,62 @@ void forward_tile(const StridedRows<const scalar_t>& q, const StridedRows<const 
     } else {
       gather_tile(q, k, v, b, h, t0, nt, g, s);
     }
-    for (int64_t l = g.levels - 1; l >= 0; --l) {
+    // The next task's rows: NextTaskPrefetch where a head's frames are contiguous, ticking per
+    // window and per GELU row; frame by frame per window (prefetch_rows) where heads are side by
+    // side (NextTaskPrefetch measured 20% slower there, benchmarks/NOTES.md).
+    const bool spread = !g.heads_inner;
+    int64_t events = 0;
+    for (int64_t l = 0; spread && l < g.levels; ++l) {
       const int64_t m = (nt + g.span[l] - 1) / g.span[l];
+      events += (m + g.p - 1) / g.p + m;
+    }
+    NextTaskPrefetch<scalar_t> prefetch({&q, &k, &v}, spread ? next : Task{0, 0, 0, 0, 0}, g.D,
+                                        events);
+    // Level l's rows: the pyramid in scratch, level 0 of float rows in place.
+    const acc_t *Qs[kMaxLevels], *Ks[kMaxLevels], *Vs[kMaxLevels];
+    int64_t qs[kMaxLevels], ks[kMaxLevels], vs[kMaxLevels], ms[kMaxLevels];
+    for (int64_t l = 0; l < g.levels; ++l) {
       const bool in_place = l == 0 && direct_in;
-      const acc_t* Q = in_place ? reinterpret_cast<const acc_t*>(q.row(b, h, t0)) : s.q + g.off[l] * Dp;
-      const acc_t* K = in_place ? reinterpret_cast<const acc_t*>(k.row(b, h, t0)) : s.k + g.off[l] * Dp;
-      const acc_t* V = in_place ? reinterpret_cast<const acc_t*>(v.row(b, h, t0)) : s.v + g.off[l] * Dp;
-      const int64_t qs = in_place ? q.st : Dp, ks = in_place ? k.st : Dp, vs = in_place ? v.st : Dp;
+      ms[l] = (nt + g.span[l] - 1) / g.span[l];
+      Qs[l] = in_place ? reinterpret_cast<const acc_t*>(q.row(b, h, t0)) : s.q + g.off[l] * Dp;
+      Ks[l] = in_place ? reinterpret_cast<const acc_t*>(k.row(b, h, t0)) : s.k + g.off[l] * Dp;
+      Vs[l] = in_place ? reinterpret_cast<const acc_t*>(v.row(b, h, t0)) : s.v + g.off[l] * Dp;
+      qs[l] = in_place ? q.st : Dp; ks[l] = in_place ? k.st : Dp; vs[l] = in_place ? v.st : Dp;
+    }
+    const int64_t windows = tile_probs(Qs, qs, Ks, ks, ms, g.levels, g.p, Dp, scale,
+                                       g.probs_stride, s.probs, s.window_rows, s.work.get());
+    const int64_t ps = g.probs_stride;
+    int64_t window = 0;  // tile_probs' numbering: top level first
+    for (int64_t l = g.levels - 1; l >= 0; --l) {
+      const int64_t m = ms[l], vstride = vs[l];
+      const acc_t* V = Vs[l];
       acc_t* Y = s.carry + g.off[l] * Dp;  // this level's rows: Y, then GELU(Y) + carry
-      level_probs(Q, qs, K, ks, m, g.p, Dp, scale, s.probs, s.work.get());
       // Y = P V, window by window.
-      for (int64_t r0 = 0; r0 < m; r0 += g.p) {
+      for (int64_t r0 = 0; r0 < m; r0 += g.p, ++window) {
         const int64_t n = std::min(g.p, m - r0);
-        {  // `next`'s frames spread over all windows of all levels, the rest with the last one
-          const int64_t w = g.window0[l] + r0 / g.p;
-          const int64_t f0 = w * g.P / g.total_windows;
-          const int64_t f1 = l == 0 && r0 + n >= m ? next.nt : (w + 1) * g.P / g.total_windows;
+        if (spread) {
+          prefetch.tick();
+        } else {  // `next`'s frames spread over the windows, the rest with the last one
+          const int64_t f0 = window * g.P / windows;
+          const int64_t f1 = l == 0 && r0 + n >= m ? next.nt : (window + 1) * g.P / windows;
           prefetch_rows(q, next, f0, f1, g.D);
           prefetch_rows(k, next, f0, f1, g.D);
           prefetch_rows(v, next, f0, f1, g.D);
         }
-        const acc_t* probs = s.probs + r0 * g.p;  // this window's p x p block
+        const acc_t* probs = s.probs + window;  // (j, i) at probs[(j * p + i) * ps]
         if (n == g.p && n == 2) {
-          window_values<2>(probs, V + r0 * vs, vs, Dp, Y + r0 * Dp);
+          window_values<2>(probs, ps, V + r0 * vstride, vstride, Dp, Y + r0 * Dp);
         } else if (n == g.p && n == 3) {
-          window_values<3>(probs, V + r0 * vs, vs, Dp, Y + r0 * Dp);
+          window_values<3>(probs, ps, V + r0 * vstride, vstride, Dp, Y + r0 * Dp);
         } else if (n == g.p && n == 4) {
-          window_values<4>(probs, V + r0 * vs, vs, Dp, Y + r0 * Dp);
+          window_values<4>(probs, ps, V + r0 * vstride, vstride, Dp, Y + r0 * Dp);
         } else {
           for (int64_t j = 0; j < n; ++j) {
             for (int64_t d = 0; d < Dp; d += W) {
-              Vec<acc_t> y = Vec<acc_t>(probs[j * g.p]) * Vec<acc_t>::loadu(V + r0 * vs + d);
+              Vec<acc_t> y = Vec<acc_t>(probs[j * g.p * ps]) * Vec<acc_t>::loadu(V + r0 * vstride + d);
               for (int64_t i = 1; i < n; ++i)
-                y = at::vec::fmadd(Vec<acc_t>(probs[j * g.p + i]),
-                                   Vec<acc_t>::loadu(V + (r0 + i) * vs + d), y);
+                y = at::vec::fmadd(Vec<acc_t>(probs[(j * g.p + i) * ps]),
+                                   Vec<acc_t>::loadu(V + (r0 + i) * vstride + d), y);
               y.store(Y + (r0 + j) * Dp + d);
             }
           }
@@ -366,6 +442,7 @@ void forward_tile(const StridedRows<const scalar_t>& q, const StridedRows<const 
       for (int64_t r = 0; r < m; ++r) {
         acc_t* dst = to_out ? reinterpret_cast<acc_t*>(out.row(b, h, t0 + r)) : Y + r * Dp;
         const acc_t* up = above ? above + (r / g.p) * Dp : nullptr;
+        if (spread) prefetch.tick();
         for (int64_t d = 0; d < Dp; d += W) {
           Vec<acc_t> o = gelu(Vec<acc_t>::loadu(Y + r * Dp + d));
           if (up) o = o + Vec<acc_t>::loadu(up + d);
@@ -373,6 +450,7 @@ void forward_tile(const StridedRows<const scalar_t>& q, const StridedRows<const 
         }
       }
     }
+    prefetch.finish();
 #if defined(CPU_CAPABILITY_AVX512)
     if (direct_out) _mm_sfence();  // order the streamed rows before the caller reads them
 #endif
@@ -400,6 +478,20 @@ void backward_tile(const StridedRows<const scalar_t>& dout, const StridedRows<co
     alignas(64) acc_t rq[256 + 64], rk[256 + 64], rv[256 + 64];
     acc_t dscore[kMaxP][kMaxP];
     acc_t* dY = s.dy;
+    {
+      const acc_t *Qs[kMaxLevels], *Ks[kMaxLevels];
+      int64_t strides[kMaxLevels], ms[kMaxLevels];
+      for (int64_t l = 0; l < g.levels; ++l) {
+        Qs[l] = s.q + g.off[l] * Dp;
+        Ks[l] = s.k + g.off[l] * Dp;
+        strides[l] = Dp;
+        ms[l] = (nt + g.span[l] - 1) / g.span[l];
+      }
+      tile_probs(Qs, strides, Ks, strides, ms, g.levels, g.p, Dp, scale, g.probs_stride,
+                 s.probs, s.window_rows, s.work.get());
+    }
+    const int64_t ps = g.probs_stride;
+    int64_t window = 0;  // tile_probs' numbering: top level first
     for (int64_t l = g.levels - 1; l >= 0; --l) {
       const int64_t m = (nt + g.span[l] - 1) / g.span[l];
       const int64_t o = g.off[l] * Dp;
@@ -411,8 +503,7 @@ void backward_tile(const StridedRows<const scalar_t>& dout, const StridedRows<co
       const bool has_above = l + 1 < g.levels;
       const int64_t oa = has_above ? g.off[l + 1] * Dp : 0;
       const acc_t* above[3] = {s.carry + oa, s.carry_k + oa, s.carry_v + oa};
-      level_probs(Q, Dp, K, Dp, m, g.p, Dp, scale, s.probs, s.work.get());
-      for (int64_t r0 = 0; r0 < m; r0 += g.p) {
+      for (int64_t r0 = 0; r0 < m; r0 += g.p, ++window) {
         const int64_t n = std::min(g.p, m - r0);
         if (l == 0) {  // frame-wise in step with level 0, the rest of `next` at the end
           const int64_t r1 = r0 + n < m ? r0 + n : next.nt;
@@ -424,13 +515,13 @@ void backward_tile(const StridedRows<const scalar_t>& dout, const StridedRows<co
         const acc_t* Qw = Q + r0 * Dp;
         const acc_t* Kw = K + r0 * Dp;
         const acc_t* Vw = V + r0 * Dp;
-        const acc_t* probs = s.probs + r0 * g.p;  // this window's p x p block
+        const acc_t* probs = s.probs + window;  // (j, i) at probs[(j * p + i) * ps]
         // dY = dG * GELU'(Y), Y recomputed from the probabilities.
         for (int64_t j = 0; j < n; ++j) {
           for (int64_t d = 0; d < Dp; d += W) {
-            Vec<acc_t> y = Vec<acc_t>(probs[j * g.p]) * Vec<acc_t>::loadu(Vw + d);
+            Vec<acc_t> y = Vec<acc_t>(probs[j * g.p * ps]) * Vec<acc_t>::loadu(Vw + d);
             for (int64_t i = 1; i < n; ++i)
-              y = at::vec::fmadd(Vec<acc_t>(probs[j * g.p + i]), Vec<acc_t>::loadu(Vw + i * Dp + d), y);
+              y = at::vec::fmadd(Vec<acc_t>(probs[(j * g.p + i) * ps]), Vec<acc_t>::loadu(Vw + i * Dp + d), y);
             (Vec<acc_t>::loadu(dG + (r0 + j) * Dp + d) * gelu_grad(y)).store(dY + j * Dp + d);
           }
         }
@@ -439,10 +530,10 @@ void backward_tile(const StridedRows<const scalar_t>& dout, const StridedRows<co
           acc_t rowsum = 0;
           for (int64_t i = 0; i < n; ++i) {
             dscore[j][i] = dot(dY + j * Dp, Vw + i * Dp, Dp);
-            rowsum += probs[j * g.p + i] * dscore[j][i];
+            rowsum += probs[(j * g.p + i) * ps] * dscore[j][i];
           }
           for (int64_t i = 0; i < n; ++i)
-            dscore[j][i] = scale * probs[j * g.p + i] * (dscore[j][i] - rowsum);
+            dscore[j][i] = scale * probs[(j * g.p + i) * ps] * (dscore[j][i] - rowsum);
         }
         for (int64_t r = 0; r < n; ++r) {
           const acc_t inv_count = acc_t(1) / acc_t(group_count(r0 + r, g.span[l], nt));
@@ -456,7 +547,7 @@ void backward_tile(const StridedRows<const scalar_t>& dout, const StridedRows<co
             for (int64_t i = 0; i < n; ++i) {
               gq = at::vec::fmadd(Vec<acc_t>(dscore[r][i]), Vec<acc_t>::loadu(Kw + i * Dp + d), gq);
               gk = at::vec::fmadd(Vec<acc_t>(dscore[i][r]), Vec<acc_t>::loadu(Qw + i * Dp + d), gk);
-              gv = at::vec::fmadd(Vec<acc_t>(probs[i * g.p + r]), Vec<acc_t>::loadu(dY + i * Dp + d), gv);
+              gv = at::vec::fmadd(Vec<acc_t>(probs[(i * g.p + r) * ps]), Vec<acc_t>::loadu(dY + i * Dp + d), gv);
             }
             // Mean pooling spreads a pooled gradient over its frames divided by their count.
             gq = gq * inv; gk = gk * inv; gv = gv * inv;
@@ -486,13 +577,16 @@ void backward_tile(const StridedRows<const scalar_t>& dout, const StridedRows<co
 
 // Calls fn(task, next, scratch) for every (batch, tile, head) task, in parallel; `next` is the
 // task the same thread runs after this one (nt = 0 if none), whose rows may be prefetched.
+// Consecutive tasks walk memory in order: the tiles of one head in turn where a head's frames
+// are contiguous (heads_inner false: (B, H, T, D) tensors), the heads of one tile in turn where
+// heads sit side by side in a row (views of a (B, T, 3, H, D) projection).
 template <typename acc_t, typename Fn>
 void for_each_tile(const Geometry& g, const at::Tensor& lengths, bool backward, const Fn& fn) {
   const int32_t* len = lengths.defined() ? lengths.data_ptr<int32_t>() : nullptr;
   const int64_t ntasks = g.B * g.ntiles * g.H;
   auto task_at = [&](int64_t task) {
-    const int64_t h = task % g.H;
-    const int64_t tile = (task / g.H) % g.ntiles;
+    const int64_t h = g.heads_inner ? task % g.H : (task / g.ntiles) % g.H;
+    const int64_t tile = g.heads_inner ? (task / g.H) % g.ntiles : task % g.ntiles;
     const int64_t b = task / (g.H * g.ntiles);
     const int64_t n = len ? static_cast<int64_t>(len[b]) : g.T;
     const int64_t t0 = tile * g.P;
