@@ -29,6 +29,7 @@
 #include <type_traits>
 
 #include "cpu/fractal_attention_cpu_vec.h"
+#include "cpu/fractal_attention_cpu_windows.h"
 #include "fractal_attention.h"
 
 namespace mstr_kernels {
@@ -36,7 +37,6 @@ namespace cpu_kernels {
 namespace CPU_CAPABILITY {
 namespace {
 
-constexpr int64_t kMaxP = 8;
 constexpr int64_t kMaxLevels = 10;  // p = 2: 2**10 = 1024
 
 // A (B, H, T, D) tensor as a pointer and element strides (64-bit offsets throughout).
@@ -126,123 +126,6 @@ void build_pyramid(acc_t* buf, const Geometry& g, int64_t nt, bool to_means,
   }
 }
 
-// The N x N dot-product accumulators (vectors, not yet summed) of one full window of N <= 4
-// rows: each vector of Q and K is loaded once (in registers: N * N + N + 1 <= 21 vectors).
-template <int N, typename acc_t>
-inline void window_dots(const acc_t* Q, int64_t qs, const acc_t* K, int64_t ks, int64_t Dp,
-                        Vec<acc_t>* acc, int64_t acc_stride) {
-  constexpr int64_t W = Vec<acc_t>::size();
-  Vec<acc_t> sum[N * N];
-  for (int a = 0; a < N * N; ++a) sum[a] = Vec<acc_t>(acc_t(0));
-  for (int64_t d = 0; d < Dp; d += W) {
-    Vec<acc_t> kv[N];
-    for (int i = 0; i < N; ++i) kv[i] = Vec<acc_t>::loadu(K + i * ks + d);
-    for (int j = 0; j < N; ++j) {
-      const Vec<acc_t> qv = Vec<acc_t>::loadu(Q + j * qs + d);
-      for (int i = 0; i < N; ++i) sum[j * N + i] = at::vec::fmadd(qv, kv[i], sum[j * N + i]);
-    }
-  }
-  for (int a = 0; a < N * N; ++a) acc[a * acc_stride] = sum[a];
-}
-
-// Y[j] = sum_i probs[(j * N + i) * ps] V[i] for one full window of N <= 4 rows (Dp apart): the
-// probabilities broadcast once, each vector of V loaded once, N independent accumulators.
-template <int N, typename acc_t>
-inline void window_values(const acc_t* probs, int64_t ps, const acc_t* V, int64_t vs, int64_t Dp,
-                          acc_t* Y) {
-  constexpr int64_t W = Vec<acc_t>::size();
-  Vec<acc_t> weight[N * N];
-  for (int a = 0; a < N * N; ++a) weight[a] = Vec<acc_t>(probs[a * ps]);
-  for (int64_t d = 0; d < Dp; d += W) {
-    Vec<acc_t> v[N];
-    for (int i = 0; i < N; ++i) v[i] = Vec<acc_t>::loadu(V + i * vs + d);
-    for (int j = 0; j < N; ++j) {
-      Vec<acc_t> y = weight[j * N] * v[0];
-      for (int i = 1; i < N; ++i) y = at::vec::fmadd(weight[j * N + i], v[i], y);
-      y.store(Y + j * Dp + d);
-    }
-  }
-}
-
-// Softmax probabilities of every window of every level of one tile, window-minor:
-// probs[(j * p + i) * stride + w] for query j and key i of window w, windows numbered in the
-// forward's order (top level first), so that the softmax runs on whole vectors of W windows
-// (scalar, window by window, it cost as much as all the dot products). Per block of W windows:
-// each window's p * p dot-product accumulators (window_dots) into `work`, then per (j, i) one
-// horizontal_sums turns the W windows' accumulators into their W scores. Level l has m[l] rows,
-// read from Q[l] and K[l] (rows qs[l] and ks[l] apart); the last window of a level holds fewer
-// than p rows when p does not divide m[l]: its missing keys get -inf (probability exactly 0),
-// its missing queries are never read. `rows_of` receives each window's rows (stride values);
-// `work` holds p * p * W vectors. Returns the number of windows.
-template <typename acc_t>
-int64_t tile_probs(const acc_t* const* Q, const int64_t* qs, const acc_t* const* K,
-                   const int64_t* ks, const int64_t* m, int64_t levels, int64_t p, int64_t Dp,
-                   acc_t scale, int64_t stride, acc_t* probs, acc_t* rows_of, Vec<acc_t>* work) {
-  constexpr int64_t W = Vec<acc_t>::size();
-  const int64_t pp = p * p;
-  int64_t w = 0;
-  auto reduce_block = [&](int64_t count) {  // windows [w - count, w) sit in work slots [0, count)
-    for (int64_t a = 0; a < pp; ++a) {
-      for (int64_t slot = count; slot < W; ++slot) work[a * W + slot] = Vec<acc_t>(acc_t(0));
-      horizontal_sums(work + a * W, probs + a * stride + (w - count));
-    }
-  };
-  for (int64_t l = levels - 1; l >= 0; --l) {
-    for (int64_t r0 = 0; r0 < m[l]; r0 += p) {
-      const int64_t n = std::min(p, m[l] - r0);
-      const acc_t* Qw = Q[l] + r0 * qs[l];
-      const acc_t* Kw = K[l] + r0 * ks[l];
-      Vec<acc_t>* acc = work + w % W;  // (j, i) at acc[(j * p + i) * W]
-      if (n == p && p == 2) {
-        window_dots<2>(Qw, qs[l], Kw, ks[l], Dp, acc, W);
-      } else if (n == p && p == 3) {
-        window_dots<3>(Qw, qs[l], Kw, ks[l], Dp, acc, W);
-      } else if (n == p && p == 4) {
-        window_dots<4>(Qw, qs[l], Kw, ks[l], Dp, acc, W);
-      } else {
-        for (int64_t j = 0; j < p; ++j) {
-          for (int64_t i = 0; i < p; ++i) {
-            Vec<acc_t> sum(acc_t(0));
-            if (j < n && i < n)
-              for (int64_t d = 0; d < Dp; d += W)
-                sum = at::vec::fmadd(Vec<acc_t>::loadu(Qw + j * qs[l] + d),
-                                     Vec<acc_t>::loadu(Kw + i * ks[l] + d), sum);
-            acc[(j * p + i) * W] = sum;
-          }
-        }
-      }
-      rows_of[w++] = acc_t(n);
-      if (w % W == 0) reduce_block(W);
-    }
-  }
-  if (w % W != 0) reduce_block(w % W);
-  const int64_t windows = w;
-  for (; w % W != 0; ++w) rows_of[w] = acc_t(p);  // padding lanes: finite, never read
-  const Vec<acc_t> minus_inf(-std::numeric_limits<acc_t>::infinity()), vscale(scale);
-  for (int64_t w0 = 0; w0 < windows; w0 += W) {
-    const Vec<acc_t> rows = Vec<acc_t>::loadu(rows_of + w0);
-    for (int64_t j = 0; j < p; ++j) {
-      acc_t* row = probs + j * p * stride + w0;
-      Vec<acc_t> score[kMaxP];
-      Vec<acc_t> top = minus_inf;  // of the scaled scores: scale < 0 is allowed
-      for (int64_t i = 0; i < p; ++i) {
-        const Vec<acc_t> scaled = Vec<acc_t>::loadu(row + i * stride) * vscale;
-        score[i] = Vec<acc_t>::blendv(minus_inf, scaled, rows > Vec<acc_t>(acc_t(i)));
-        top = at::vec::maximum(top, score[i]);
-      }
-      Vec<acc_t> z(acc_t(0));
-      for (int64_t i = 0; i < p; ++i) {
-        score[i] = (score[i] - top).exp();
-        z = z + score[i];
-      }
-      const Vec<acc_t> inv_z = Vec<acc_t>(acc_t(1)) / z;
-      for (int64_t i = 0; i < p; ++i) (score[i] * inv_z).store(row + i * stride);
-    }
-  }
-  return windows;
-}
-
-
 // Per-thread scratch for one tile: q, k, v pyramids and per-level carries.
 template <typename acc_t>
 struct Scratch {
@@ -288,47 +171,60 @@ inline void prefetch_rows(const StridedRows<const scalar_t>& x, const Task& next
   }
 }
 
-// Prefetches the next task's rows of q, k, v (or more tensors) into L2 while this task computes,
-// line by line, tensor by tensor, a few lines per tick() over `events` ticks: the lines of the
-// rows the next task reads first go first, and no tick issues a burst that fills the core's miss
-// buffers. Used where each head's frames are contiguous (11% off the forward against per-window
-// bursts of whole frames there; see forward_tile for the other layout).
+// Prefetches the next task's rows of q, k, v into L2 while the forward computes, line by line,
+// tensor by tensor, a few lines per tick() over `events` ticks spread through the task: the rows
+// the next task reads first go first, and no tick issues a burst that fills the core's miss
+// buffers (per-window bursts of whole frames were 10-20% slower, benchmarks/NOTES.md). The
+// cursor steps by pointer: per-line index arithmetic had cost as much as the prefetches. (The
+// backward, four times longer per task, measured 10% slower with it than with prefetch_rows.)
 template <typename scalar_t>
 struct NextTaskPrefetch {
-  const StridedRows<const scalar_t>* x[4];
-  int64_t ntensors, b, h, t0, rows, row_bytes, lines_per_row, total, events;
-  int64_t issued = 0, ticks = 0, tensor = 0, row = 0, line = 0;  // the next line to prefetch
+  static constexpr int64_t kLine = 64;
+  // Per tensor: the next task's first row, the bytes from row to row, from prefetch to prefetch
+  // within a row (a line, or a value where values lie farther apart), and a row's extent.
+  const char* first_row[4];
+  int64_t row_step[4], step[4], span[4];
+  int64_t ntensors, rows, total = 0, events, issued = 0, ticks = 0;
+  // The next line: `address` in the row at `row_start` of tensor `tensor`, rows_left to go.
+  int64_t tensor = 0, rows_left;
+  const char *row_start = nullptr, *address = nullptr;
+
   NextTaskPrefetch(std::initializer_list<const StridedRows<const scalar_t>*> tensors,
                    const Task& next, int64_t D, int64_t events_)
-      : ntensors(static_cast<int64_t>(tensors.size())), b(next.b), h(next.h), t0(next.t0),
-        rows(next.nt), events(std::max<int64_t>(events_, 1)) {
-    std::copy(tensors.begin(), tensors.end(), x);
-    row_bytes = D * static_cast<int64_t>(sizeof(scalar_t));
-    // Contiguous rows: their lines, one more where a row straddles one; strided: a line a value.
-    lines_per_row = x[0]->sd == 1 ? row_bytes / 64 + 1 : D;
-    total = ntensors * rows * lines_per_row;
+      : ntensors(static_cast<int64_t>(tensors.size())), rows(next.nt), rows_left(next.nt),
+        events(std::max<int64_t>(events_, 1)) {
+    constexpr int64_t size = sizeof(scalar_t);
+    int64_t i = 0;
+    for (const StridedRows<const scalar_t>* x : tensors) {
+      first_row[i] = reinterpret_cast<const char*>(x->row(next.b, next.h, next.t0));
+      row_step[i] = x->st * size;
+      const int64_t value_step = x->sd * size;  // torch strides are >= 0
+      span[i] = x->sd == 0 ? size : (D - 1) * value_step + size;
+      step[i] = std::max(kLine, value_step);
+      total += rows * (step[i] == kLine ? (span[i] + 2 * kLine - 2) / kLine : D);  // at most
+      ++i;
+    }
+    if (rows > 0) start_row(first_row[0]);
+  }
+  void start_row(const char* row) {
+    row_start = row;
+    address = step[tensor] == kLine
+                  ? reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(row) & ~uintptr_t(kLine - 1))
+                  : row;
   }
   void issue(int64_t upto) {
-    // The cursor in locals: as members, every step went through memory.
-    int64_t n = issued, ti = tensor, r = row, li = line;
-    for (; n < upto; ++n) {
-      const StridedRows<const scalar_t>& t = *x[ti];
-      const char* start = reinterpret_cast<const char*>(t.row(b, h, t0 + r));
-      if (t.sd != 1) {
-        prefetch_l2(start + li * t.sd * static_cast<int64_t>(sizeof(scalar_t)));
-      } else {
-        const uintptr_t first = reinterpret_cast<uintptr_t>(start) & ~uintptr_t(63);
-        const char* address = reinterpret_cast<const char*>(first + li * 64);
-        if (address < start + row_bytes) prefetch_l2(address);
-      }
-      if (++li < lines_per_row) continue;
-      li = 0;
-      if (++r == rows) {
-        r = 0;
-        ++ti;
+    while (issued < upto && tensor < ntensors) {
+      prefetch_l2(address);
+      ++issued;
+      address += step[tensor];
+      if (address < row_start + span[tensor]) continue;
+      if (--rows_left > 0) {
+        start_row(row_start + row_step[tensor]);
+      } else if (++tensor < ntensors) {
+        rows_left = rows;
+        start_row(first_row[tensor]);
       }
     }
-    issued = n; tensor = ti; row = r; line = li;
   }
   void tick() { issue(std::min(total, total * ++ticks / events)); }
   void finish() { issue(total); }
@@ -373,17 +269,12 @@ void forward_tile(const StridedRows<const scalar_t>& q, const StridedRows<const 
     } else {
       gather_tile(q, k, v, b, h, t0, nt, g, s);
     }
-    // The next task's rows: NextTaskPrefetch where a head's frames are contiguous, ticking per
-    // window and per GELU row; frame by frame per window (prefetch_rows) where heads are side by
-    // side (NextTaskPrefetch measured 20% slower there, benchmarks/NOTES.md).
-    const bool spread = !g.heads_inner;
-    int64_t events = 0;
-    for (int64_t l = 0; spread && l < g.levels; ++l) {
+    int64_t events = 0;  // NextTaskPrefetch ticks: one per window and one per GELU row
+    for (int64_t l = 0; l < g.levels; ++l) {
       const int64_t m = (nt + g.span[l] - 1) / g.span[l];
       events += (m + g.p - 1) / g.p + m;
     }
-    NextTaskPrefetch<scalar_t> prefetch({&q, &k, &v}, spread ? next : Task{0, 0, 0, 0, 0}, g.D,
-                                        events);
+    NextTaskPrefetch<scalar_t> prefetch({&q, &k, &v}, next, g.D, events);
     // Level l's rows: the pyramid in scratch, level 0 of float rows in place.
     const acc_t *Qs[kMaxLevels], *Ks[kMaxLevels], *Vs[kMaxLevels];
     int64_t qs[kMaxLevels], ks[kMaxLevels], vs[kMaxLevels], ms[kMaxLevels];
@@ -395,8 +286,8 @@ void forward_tile(const StridedRows<const scalar_t>& q, const StridedRows<const 
       Vs[l] = in_place ? reinterpret_cast<const acc_t*>(v.row(b, h, t0)) : s.v + g.off[l] * Dp;
       qs[l] = in_place ? q.st : Dp; ks[l] = in_place ? k.st : Dp; vs[l] = in_place ? v.st : Dp;
     }
-    const int64_t windows = tile_probs(Qs, qs, Ks, ks, ms, g.levels, g.p, Dp, scale,
-                                       g.probs_stride, s.probs, s.window_rows, s.work.get());
+    tile_probs(Qs, qs, Ks, ks, ms, g.levels, g.p, Dp, scale, g.probs_stride, s.probs,
+               s.window_rows, s.work.get());
     const int64_t ps = g.probs_stride;
     int64_t window = 0;  // tile_probs' numbering: top level first
     for (int64_t l = g.levels - 1; l >= 0; --l) {
@@ -406,15 +297,7 @@ void forward_tile(const StridedRows<const scalar_t>& q, const StridedRows<const 
       // Y = P V, window by window.
       for (int64_t r0 = 0; r0 < m; r0 += g.p, ++window) {
         const int64_t n = std::min(g.p, m - r0);
-        if (spread) {
-          prefetch.tick();
-        } else {  // `next`'s frames spread over the windows, the rest with the last one
-          const int64_t f0 = window * g.P / windows;
-          const int64_t f1 = l == 0 && r0 + n >= m ? next.nt : (window + 1) * g.P / windows;
-          prefetch_rows(q, next, f0, f1, g.D);
-          prefetch_rows(k, next, f0, f1, g.D);
-          prefetch_rows(v, next, f0, f1, g.D);
-        }
+        prefetch.tick();
         const acc_t* probs = s.probs + window;  // (j, i) at probs[(j * p + i) * ps]
         if (n == g.p && n == 2) {
           window_values<2>(probs, ps, V + r0 * vstride, vstride, Dp, Y + r0 * Dp);
@@ -442,7 +325,7 @@ void forward_tile(const StridedRows<const scalar_t>& q, const StridedRows<const 
       for (int64_t r = 0; r < m; ++r) {
         acc_t* dst = to_out ? reinterpret_cast<acc_t*>(out.row(b, h, t0 + r)) : Y + r * Dp;
         const acc_t* up = above ? above + (r / g.p) * Dp : nullptr;
-        if (spread) prefetch.tick();
+        prefetch.tick();
         for (int64_t d = 0; d < Dp; d += W) {
           Vec<acc_t> o = gelu(Vec<acc_t>::loadu(Y + r * Dp + d));
           if (up) o = o + Vec<acc_t>::loadu(up + d);
