@@ -179,11 +179,11 @@ inline void prefetch_rows(const StridedRows<const scalar_t>& x, const Task& next
 // backward, four times longer per task, measured 10% slower with it than with prefetch_rows.)
 template <typename scalar_t>
 struct NextTaskPrefetch {
-  static constexpr int64_t kLine = 64;
+  static constexpr int64_t kLine = 64, kMaxTensors = 3;
   // Per tensor: the next task's first row, the bytes from row to row, from prefetch to prefetch
   // within a row (a line, or a value where values lie farther apart), and a row's extent.
-  const char* first_row[4];
-  int64_t row_step[4], step[4], span[4];
+  const char* first_row[kMaxTensors];
+  int64_t row_step[kMaxTensors], step[kMaxTensors], span[kMaxTensors];
   int64_t ntensors, rows, total = 0, events, issued = 0, ticks = 0;
   // The next line: `address` in the row at `row_start` of tensor `tensor`, rows_left to go.
   int64_t tensor = 0, rows_left;
@@ -193,6 +193,7 @@ struct NextTaskPrefetch {
                    const Task& next, int64_t D, int64_t events_)
       : ntensors(static_cast<int64_t>(tensors.size())), rows(next.nt), rows_left(next.nt),
         events(std::max<int64_t>(events_, 1)) {
+    TORCH_INTERNAL_ASSERT(ntensors <= kMaxTensors);
     constexpr int64_t size = sizeof(scalar_t);
     int64_t i = 0;
     for (const StridedRows<const scalar_t>* x : tensors) {
@@ -208,9 +209,8 @@ struct NextTaskPrefetch {
   }
   void start_row(const char* row) {
     row_start = row;
-    address = step[tensor] == kLine
-                  ? reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(row) & ~uintptr_t(kLine - 1))
-                  : row;
+    const uintptr_t line_start = reinterpret_cast<uintptr_t>(row) & ~uintptr_t(kLine - 1);
+    address = step[tensor] == kLine ? reinterpret_cast<const char*>(line_start) : row;
   }
   void issue(int64_t upto) {
     while (issued < upto && tensor < ntensors) {
@@ -308,7 +308,8 @@ void forward_tile(const StridedRows<const scalar_t>& q, const StridedRows<const 
         } else {
           for (int64_t j = 0; j < n; ++j) {
             for (int64_t d = 0; d < Dp; d += W) {
-              Vec<acc_t> y = Vec<acc_t>(probs[j * g.p * ps]) * Vec<acc_t>::loadu(V + r0 * vstride + d);
+              Vec<acc_t> y =
+                  Vec<acc_t>(probs[j * g.p * ps]) * Vec<acc_t>::loadu(V + r0 * vstride + d);
               for (int64_t i = 1; i < n; ++i)
                 y = at::vec::fmadd(Vec<acc_t>(probs[(j * g.p + i) * ps]),
                                    Vec<acc_t>::loadu(V + (r0 + i) * vstride + d), y);
@@ -404,7 +405,8 @@ void backward_tile(const StridedRows<const scalar_t>& dout, const StridedRows<co
           for (int64_t d = 0; d < Dp; d += W) {
             Vec<acc_t> y = Vec<acc_t>(probs[j * g.p * ps]) * Vec<acc_t>::loadu(Vw + d);
             for (int64_t i = 1; i < n; ++i)
-              y = at::vec::fmadd(Vec<acc_t>(probs[(j * g.p + i) * ps]), Vec<acc_t>::loadu(Vw + i * Dp + d), y);
+              y = at::vec::fmadd(Vec<acc_t>(probs[(j * g.p + i) * ps]),
+                                 Vec<acc_t>::loadu(Vw + i * Dp + d), y);
             (Vec<acc_t>::loadu(dG + (r0 + j) * Dp + d) * gelu_grad(y)).store(dY + j * Dp + d);
           }
         }
@@ -430,7 +432,8 @@ void backward_tile(const StridedRows<const scalar_t>& dout, const StridedRows<co
             for (int64_t i = 0; i < n; ++i) {
               gq = at::vec::fmadd(Vec<acc_t>(dscore[r][i]), Vec<acc_t>::loadu(Kw + i * Dp + d), gq);
               gk = at::vec::fmadd(Vec<acc_t>(dscore[i][r]), Vec<acc_t>::loadu(Qw + i * Dp + d), gk);
-              gv = at::vec::fmadd(Vec<acc_t>(probs[(i * g.p + r) * ps]), Vec<acc_t>::loadu(dY + i * Dp + d), gv);
+              gv = at::vec::fmadd(Vec<acc_t>(probs[(i * g.p + r) * ps]),
+                                  Vec<acc_t>::loadu(dY + i * Dp + d), gv);
             }
             // Mean pooling spreads a pooled gradient over its frames divided by their count.
             gq = gq * inv; gk = gk * inv; gv = gv * inv;
