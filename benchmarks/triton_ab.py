@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from triton.testing import do_bench  # noqa: E402
 
 from mstr_kernels.ops import triton_fractal as tf  # noqa: E402
-from triton_tune import copy_bandwidth, projection_inputs  # noqa: E402  (this folder)
+from triton_tune import add_shape_arguments, shape_inputs  # noqa: E402  (this folder)
 
 
 def main(argv=None) -> int:
@@ -32,17 +32,13 @@ def main(argv=None) -> int:
     parser.add_argument("--kind", choices=("fwd", "bwd"), default="fwd")
     parser.add_argument("--config", action="append", required=True, type=json.loads)
     parser.add_argument("--rounds", type=int, default=5)
-    for name, default in (("B", 32), ("H", 16), ("T", 4096), ("D", 64), ("p", 3), ("levels", 4)):
-        parser.add_argument(f"--{name}", type=int, default=default)
+    add_shape_arguments(parser)
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("no CUDA GPU visible")
         return 1
     B, H, T, D, p, levels = args.B, args.H, args.T, args.D, args.p, args.levels
-    q, k, v, dout = projection_inputs(B, H, T, D)
-    scale = D ** -0.5
-    tensor_bytes = B * H * T * D * 2
-    bandwidth = copy_bandwidth(4 * tensor_bytes)
+    q, k, v, dout, scale, tensor_bytes, bandwidth = shape_inputs(args)
     floor = (4 if args.kind == "fwd" else 7) * tensor_bytes / bandwidth
 
     def call():

@@ -60,10 +60,23 @@ def projection_inputs(B: int, H: int, T: int, D: int, dtype=torch.bfloat16):
     return q, k, v, dout
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
+    """--B --H --T --D --p --levels, defaulting to the SPEC benchmark shape."""
     for name, default in (("B", 32), ("H", 16), ("T", 4096), ("D", 64), ("p", 3), ("levels", 4)):
         parser.add_argument(f"--{name}", type=int, default=default)
+
+
+def shape_inputs(args):
+    """q, k, v, dout (bf16 projection views), the scale, the bytes of one tensor and the copy
+    bandwidth (bytes/s) for the shape in `args`: what every Triton timing script starts from."""
+    q, k, v, dout = projection_inputs(args.B, args.H, args.T, args.D)
+    tensor_bytes = args.B * args.H * args.T * args.D * 2
+    return q, k, v, dout, args.D ** -0.5, tensor_bytes, copy_bandwidth(4 * tensor_bytes)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_shape_arguments(parser)
     parser.add_argument("--kinds", nargs="+", default=["fwd", "bwd"])
     parser.add_argument("--json-out", help="write the best knobs of every kind here")
     parser.add_argument("--budget-s", type=float, default=float("inf"),
@@ -73,10 +86,7 @@ def main(argv=None) -> int:
         print("no CUDA GPU visible: nothing to tune")
         return 1
     B, H, T, D, p, levels = args.B, args.H, args.T, args.D, args.p, args.levels
-    q, k, v, dout = projection_inputs(B, H, T, D)
-    scale = D ** -0.5
-    tensor_bytes = B * H * T * D * 2
-    bandwidth = copy_bandwidth(4 * tensor_bytes)
+    q, k, v, dout, scale, tensor_bytes, bandwidth = shape_inputs(args)
     floors = {"fwd": 4 * tensor_bytes / bandwidth, "bwd": 7 * tensor_bytes / bandwidth}
     print(f"{torch.cuda.get_device_name()}, triton {triton.__version__}, B={B} H={H} T={T} "
           f"D={D} p={p} levels={levels} bf16; copy bandwidth {bandwidth / 1e12:.2f} TB/s; "

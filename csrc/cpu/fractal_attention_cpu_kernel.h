@@ -269,23 +269,20 @@ void forward_tile(const StridedRows<const scalar_t>& q, const StridedRows<const 
     } else {
       gather_tile(q, k, v, b, h, t0, nt, g, s);
     }
-    int64_t events = 0;  // NextTaskPrefetch ticks: one per window and one per GELU row
-    for (int64_t l = 0; l < g.levels; ++l) {
-      const int64_t m = (nt + g.span[l] - 1) / g.span[l];
-      events += (m + g.p - 1) / g.p + m;
-    }
-    NextTaskPrefetch<scalar_t> prefetch({&q, &k, &v}, next, g.D, events);
     // Level l's rows: the pyramid in scratch, level 0 of float rows in place.
     const acc_t *Qs[kMaxLevels], *Ks[kMaxLevels], *Vs[kMaxLevels];
     int64_t qs[kMaxLevels], ks[kMaxLevels], vs[kMaxLevels], ms[kMaxLevels];
+    int64_t events = 0;  // NextTaskPrefetch ticks: one per window and one per GELU row
     for (int64_t l = 0; l < g.levels; ++l) {
       const bool in_place = l == 0 && direct_in;
       ms[l] = (nt + g.span[l] - 1) / g.span[l];
+      events += (ms[l] + g.p - 1) / g.p + ms[l];
       Qs[l] = in_place ? reinterpret_cast<const acc_t*>(q.row(b, h, t0)) : s.q + g.off[l] * Dp;
       Ks[l] = in_place ? reinterpret_cast<const acc_t*>(k.row(b, h, t0)) : s.k + g.off[l] * Dp;
       Vs[l] = in_place ? reinterpret_cast<const acc_t*>(v.row(b, h, t0)) : s.v + g.off[l] * Dp;
       qs[l] = in_place ? q.st : Dp; ks[l] = in_place ? k.st : Dp; vs[l] = in_place ? v.st : Dp;
     }
+    NextTaskPrefetch<scalar_t> prefetch({&q, &k, &v}, next, g.D, events);
     tile_probs(Qs, qs, Ks, ks, ms, g.levels, g.p, Dp, scale, g.probs_stride, s.probs,
                s.window_rows, s.work.get());
     const int64_t ps = g.probs_stride;
