@@ -1,12 +1,20 @@
-// Python entry points of mstr_kernels._C: every input check in one place, then dispatch to
-// the CPU or CUDA kernels (fractal_attention.h).
+// Entry points of mstr_kernels._C: every input check in one place, then dispatch to the CPU or
+// CUDA kernels (fractal_attention.h).
+//
+// The ops are registered with the dispatcher (TORCH_LIBRARY): mstr_kernels::fractal_attention_ext_fwd
+// carries its autograd here in C++, so an eager call costs one dispatcher hop and no Python
+// (the Python custom-op layer alone cost more than SDPA's whole call); torch.compile sees the two
+// ops as opaque nodes (their fake kernels are registered by mstr_kernels/ops/extension.py). The
+// pybind functions of the same names are the fused-backend contract of ops/backends.py.
 #include <torch/extension.h>
+#include <torch/library.h>
 
-#include <cmath>
+#include <string>
 #include <vector>
 
 #include "cpu/output_cache.h"
 #include "fractal_attention.h"
+#include "fractal_range.h"
 
 namespace mstr_kernels {
 namespace {
@@ -24,38 +32,69 @@ void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16 ||
                        (dt == at::kDouble && q.is_cpu()),
                    "dtype ", dt, " is not supported: float32, float16, bfloat16 (float64 on CPU)");
-  TORCH_CHECK_VALUE(p >= 2 && p <= 8, "p=", p, " is out of range 2 <= p <= 8");
-  TORCH_CHECK_VALUE(levels >= 1 && std::pow(double(p), double(levels)) <= 1024.0,
-                    "levels=", levels, " is out of range: 1 <= levels, p**levels <= 1024");
-  TORCH_CHECK_VALUE(q.size(3) >= 1 && q.size(3) <= 256, "head dim D=", q.size(3),
-                    " is out of range 1 <= D <= 256");
+  TORCH_CHECK_VALUE(p >= spec::kMinP && p <= spec::kMaxP, "p=", p, " is out of range ",
+                    spec::kMinP, " <= p <= ", spec::kMaxP);
+  int64_t tile = 1;
+  for (int64_t l = 0; l < levels && tile <= spec::kMaxTile; ++l) tile *= p;
+  TORCH_CHECK_VALUE(levels >= 1 && tile <= spec::kMaxTile, "levels=", levels,
+                    " is out of range: 1 <= levels, p**levels <= ", spec::kMaxTile);
+  TORCH_CHECK_VALUE(q.size(3) >= spec::kMinHeadDim && q.size(3) <= spec::kMaxHeadDim,
+                    "head dim D=", q.size(3), " is out of range ", spec::kMinHeadDim,
+                    " <= D <= ", spec::kMaxHeadDim);
   TORCH_CHECK_VALUE(q.size(2) >= 1, "T=", q.size(2), " must be >= 1");
   if (lengths.has_value() && lengths->defined()) {
-    TORCH_CHECK_TYPE(lengths->scalar_type() == at::kInt, "lengths must be int32");
+    TORCH_CHECK_TYPE(lengths->scalar_type() == at::kInt || lengths->scalar_type() == at::kLong,
+                     "lengths.dtype must be int32 or int64, got ", lengths->scalar_type());
     TORCH_CHECK_VALUE(lengths->dim() == 1 && lengths->size(0) == q.size(0),
                       "lengths must have shape (B,) = (", q.size(0), ",)");
-    TORCH_CHECK_VALUE(lengths->is_contiguous(), "lengths must be contiguous");
     TORCH_CHECK_VALUE(lengths->device() == q.device(), "lengths must be on q's device");
   }
 }
 
+// 0 <= lengths[b] <= T checked on the given values (int64 before any narrowing), then the
+// int32 contiguous lengths the kernels read (undefined for none). CPU: read on the host (no
+// device sync); CUDA: a device-side assertion, no host read. The words match
+// mstr_kernels/ops/validation.py's lengths_range_message.
+at::Tensor checked_lengths(const c10::optional<at::Tensor>& lengths, int64_t T) {
+  if (!lengths.has_value() || !lengths->defined()) return at::Tensor();
+  const at::Tensor& len = *lengths;
+  if (len.is_cpu()) {
+    // One pass over the values: the check, and the int32 copy when they are int64 (no
+    // dispatched conversion: this runs on every call).
+    const at::Tensor c = len.contiguous();
+    const bool narrow = c.scalar_type() != at::kInt;
+    at::Tensor out = narrow ? at::empty({c.numel()}, c.options().dtype(at::kInt)) : c;
+    int32_t* dst = out.data_ptr<int32_t>();
+    AT_DISPATCH_INDEX_TYPES(c.scalar_type(), "fractal_attention lengths", [&] {
+      const index_t* d = c.data_ptr<index_t>();
+      for (int64_t b = 0; b < c.numel(); ++b) {
+        TORCH_CHECK_VALUE(d[b] >= 0 && d[b] <= T, "lengths contains ", int64_t(d[b]),
+                          ", out of range: every entry must satisfy 0 <= lengths[b] <= T = ", T);
+        if (narrow) dst[b] = int32_t(d[b]);
+      }
+    });
+    return out;
+  }
+  at::_assert_async(at::logical_and(len.ge(0), len.le(T)).all(),
+                    "lengths has an entry out of range: every entry must satisfy "
+                    "0 <= lengths[b] <= T = " + std::to_string(T));
+  return len.scalar_type() == at::kInt ? len.contiguous() : len.to(at::kInt).contiguous();
+}
+
+// The (B, T, H, D) memory of every output, returned as a (B, H, T, D) view; CPU outputs reuse
+// cached buffers.
 at::Tensor empty_out(const at::Tensor& q) {
-  // (B, T, H, D) memory returned as a (B, H, T, D) view; CPU outputs reuse cached buffers.
   const std::vector<int64_t> sizes{q.size(0), q.size(2), q.size(1), q.size(3)};
   at::Tensor out = q.is_cpu() ? empty_cpu_cached(sizes, q.scalar_type()) : at::empty(sizes, q.options());
   return out.transpose(1, 2);
 }
 
-at::Tensor lengths_or_undefined(const c10::optional<at::Tensor>& lengths) {
-  return (lengths.has_value() && lengths->defined()) ? *lengths : at::Tensor();
-}
-
 at::Tensor fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                const c10::optional<at::Tensor>& lengths, int64_t p, int64_t levels, double scale) {
   check_inputs(q, k, v, lengths, p, levels);
+  const at::Tensor len = checked_lengths(lengths, q.size(2));
   const FractalParams params{p, levels, scale};
   at::Tensor out = empty_out(q);
-  const at::Tensor len = lengths_or_undefined(lengths);
   if (q.is_cuda()) {
 #ifdef MSTR_WITH_CUDA
     fractal_attention_fwd_cuda(q, k, v, len, params, out);
@@ -69,27 +108,83 @@ at::Tensor fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   return out;
 }
 
-std::vector<at::Tensor> bwd(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
-                            const at::Tensor& v, const c10::optional<at::Tensor>& lengths,
-                            int64_t p, int64_t levels, double scale) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd(
+    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const c10::optional<at::Tensor>& lengths, int64_t p, int64_t levels, double scale) {
   check_inputs(q, k, v, lengths, p, levels);
   TORCH_CHECK_VALUE(dout.sizes() == q.sizes(), "dout.shape must equal q.shape=", q.sizes());
-  TORCH_CHECK_TYPE(dout.scalar_type() == q.scalar_type(), "dout must have q's dtype");
   TORCH_CHECK_VALUE(dout.device() == q.device(), "dout must be on q's device");
+  // autograd may hand a gradient of another dtype
+  const at::Tensor g = dout.scalar_type() == q.scalar_type() ? dout : dout.to(q.scalar_type());
+  const at::Tensor len = checked_lengths(lengths, q.size(2));
   const FractalParams params{p, levels, scale};
   at::Tensor dq = empty_out(q), dk = empty_out(q), dv = empty_out(q);
-  const at::Tensor len = lengths_or_undefined(lengths);
   if (q.is_cuda()) {
 #ifdef MSTR_WITH_CUDA
-    fractal_attention_bwd_cuda(dout, q, k, v, len, params, dq, dk, dv);
+    fractal_attention_bwd_cuda(g, q, k, v, len, params, dq, dk, dv);
 #else
     TORCH_CHECK(false, "mstr_kernels._C was built without CUDA");
 #endif
   } else {
     TORCH_CHECK_VALUE(q.is_cpu(), "unsupported device ", q.device());
-    fractal_attention_bwd_cpu(dout, q, k, v, len, params, dq, dk, dv);
+    fractal_attention_bwd_cpu(g, q, k, v, len, params, dq, dk, dv);
   }
   return {dq, dk, dv};
+}
+
+std::vector<at::Tensor> bwd_list(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+                                 const at::Tensor& v, const c10::optional<at::Tensor>& lengths,
+                                 int64_t p, int64_t levels, double scale) {
+  auto [dq, dk, dv] = bwd(dout, q, k, v, lengths, p, levels, scale);
+  return {dq, dk, dv};
+}
+
+// Autograd of mstr_kernels::fractal_attention_ext_fwd: saves the inputs only (the backward
+// recomputes the rest) and runs mstr_kernels::fractal_attention_ext_bwd, both through the
+// dispatcher so that tracing (torch.compile) sees the two ops.
+class FractalAttentionFunction : public torch::autograd::Function<FractalAttentionFunction> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q,
+                            const at::Tensor& k, const at::Tensor& v,
+                            const c10::optional<at::Tensor>& lengths, int64_t p, int64_t levels,
+                            double scale) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("mstr_kernels::fractal_attention_ext_fwd", "")
+                         .typed<decltype(fwd)>();
+    at::Tensor out;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      out = op.call(q, k, v, lengths, p, levels, scale);
+    }
+    ctx->save_for_backward({q, k, v, lengths.has_value() ? *lengths : at::Tensor()});
+    ctx->saved_data["p"] = p;
+    ctx->saved_data["levels"] = levels;
+    ctx->saved_data["scale"] = scale;
+    return out;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("mstr_kernels::fractal_attention_ext_bwd", "")
+                         .typed<decltype(bwd)>();
+    const auto saved = ctx->get_saved_variables();
+    const c10::optional<at::Tensor> lengths =
+        saved[3].defined() ? c10::optional<at::Tensor>(saved[3]) : c10::nullopt;
+    at::Tensor dq, dk, dv;
+    if (grads[0].defined()) {
+      std::tie(dq, dk, dv) = op.call(grads[0], saved[0], saved[1], saved[2], lengths,
+                                     ctx->saved_data["p"].toInt(), ctx->saved_data["levels"].toInt(),
+                                     ctx->saved_data["scale"].toDouble());
+    }
+    return {dq, dk, dv, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor fwd_autograd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                        const c10::optional<at::Tensor>& lengths, int64_t p, int64_t levels,
+                        double scale) {
+  return FractalAttentionFunction::apply(q, k, v, lengths, p, levels, scale);
 }
 
 bool cuda_built() {
@@ -103,13 +198,45 @@ bool cuda_built() {
 }  // namespace
 }  // namespace mstr_kernels
 
+TORCH_LIBRARY_FRAGMENT(mstr_kernels, m) {
+  m.def("fractal_attention_ext_fwd(Tensor q, Tensor k, Tensor v, Tensor? lengths, int p, "
+        "int levels, float scale) -> Tensor");
+  m.def("fractal_attention_ext_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor? lengths, "
+        "int p, int levels, float scale) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(mstr_kernels, CPU, m) {
+  m.impl("fractal_attention_ext_fwd", TORCH_FN(mstr_kernels::fwd));
+  m.impl("fractal_attention_ext_bwd", TORCH_FN(mstr_kernels::bwd));
+}
+
+TORCH_LIBRARY_IMPL(mstr_kernels, CUDA, m) {
+  m.impl("fractal_attention_ext_fwd", TORCH_FN(mstr_kernels::fwd));
+  m.impl("fractal_attention_ext_bwd", TORCH_FN(mstr_kernels::bwd));
+}
+
+TORCH_LIBRARY_IMPL(mstr_kernels, Autograd, m) {
+  m.impl("fractal_attention_ext_fwd", TORCH_FN(mstr_kernels::fwd_autograd));
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "mstr-kernels: fused fractal attention kernels (CPU and CUDA)";
   m.def("fractal_attention_fwd", &mstr_kernels::fwd, "fused forward", py::arg("q"), py::arg("k"),
         py::arg("v"), py::arg("lengths"), py::arg("p"), py::arg("levels"), py::arg("scale"));
-  m.def("fractal_attention_bwd", &mstr_kernels::bwd, "fused backward (recomputes from q, k, v)",
+  m.def("fractal_attention_bwd", &mstr_kernels::bwd_list, "fused backward (recomputes from q, k, v)",
         py::arg("dout"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("lengths"),
         py::arg("p"), py::arg("levels"), py::arg("scale"));
+  m.def("spec_range", [] {
+    namespace s = mstr_kernels::spec;
+    py::dict d;
+    d["p_min"] = s::kMinP;
+    d["p_max"] = s::kMaxP;
+    d["max_tile"] = s::kMaxTile;
+    d["head_dim_min"] = s::kMinHeadDim;
+    d["head_dim_max"] = s::kMaxHeadDim;
+    d["max_levels"] = s::kMaxLevels;
+    return d;
+  }, "the supported range compiled in (csrc/fractal_range.h)");
   m.def("cpu_output_cache_stats", [] {
     const auto s = mstr_kernels::cpu_output_cache_stats();
     py::dict d;

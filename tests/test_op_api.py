@@ -74,7 +74,9 @@ def test_registry_declares_support_as_data():
     assert available_backends()["reference"] is None
 
 
-def test_auto_picks_first_that_fits_and_logs_why_others_were_passed_over(caplog):
+def test_auto_picks_first_that_fits_and_logs_why_others_were_passed_over(caplog, monkeypatch):
+    import mstr_kernels.ops.backends as backends
+    monkeypatch.setattr(backends, "_choices", {})  # logged when the choice is made, not per call
     q = torch.zeros(1, 1, 4, 4, dtype=torch.float64)
     with caplog.at_level(logging.DEBUG, logger="mstr_kernels"), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the fallback warning has its own test
@@ -183,3 +185,51 @@ def test_nan_in_padding_does_not_leak():
     assert torch.isfinite(out).all() and torch.all(out[1, :, 9:] == 0)
     for grad in grads:
         assert torch.isfinite(grad).all() and torch.all(grad[1, :, 9:] == 0)
+
+
+def test_spec_range_has_one_source():
+    """SPEC section 1's range: validation.SPEC (Python), read by the registry, and
+    csrc/fractal_range.h (C++), compiled into the extension, agree."""
+    import re
+    from pathlib import Path
+
+    from mstr_kernels.ops.validation import SPEC
+    header = (Path(__file__).resolve().parent.parent / "csrc" / "fractal_range.h").read_text()
+    values = {name: int(value) for name, value in
+              re.findall(r"constexpr int64_t (k\w+) = (\d+);", header)}
+    python = {"kMinP": SPEC.p_min, "kMaxP": SPEC.p_max, "kMaxTile": SPEC.max_tile,
+              "kMinHeadDim": SPEC.head_dim_min, "kMaxHeadDim": SPEC.head_dim_max,
+              "kMaxLevels": SPEC.max_levels}
+    assert values == python
+    for backend in BACKENDS.values():  # registry fields default to the SPEC range
+        assert backend.p_range[0] >= SPEC.p_min and backend.p_range[1] <= SPEC.p_max
+        assert backend.max_head_dim <= SPEC.head_dim_max and backend.max_tile <= SPEC.max_tile
+    if available_backends()["cpu"] is None:
+        from mstr_kernels import _C
+        compiled = _C.spec_range()
+        assert compiled == {"p_min": SPEC.p_min, "p_max": SPEC.p_max, "max_tile": SPEC.max_tile,
+                            "head_dim_min": SPEC.head_dim_min, "head_dim_max": SPEC.head_dim_max,
+                            "max_levels": SPEC.max_levels}
+
+
+def test_a_backend_declares_only_where_it_differs_and_its_ops():
+    import dataclasses
+
+    from mstr_kernels.ops.backends import Backend
+    from mstr_kernels.ops.validation import SPEC
+    narrow = Backend("narrow", "test", ("cpu",), (torch.float32,), max_head_dim=8,
+                     loader=lambda: None)
+    assert narrow.p_range == (SPEC.p_min, SPEC.p_max) and narrow.max_tile == SPEC.max_tile
+    q = torch.zeros(1, 1, 4, 16)
+    assert narrow.reasons(q, 3, 2) == ["head dim 16 > 8"]
+    assert "op 'fractal_attention_varlen' not implemented" in narrow.reasons(
+        q[..., :4], 3, 2, op="fractal_attention_varlen")[0]
+    packed = dataclasses.replace(narrow, ops=("fractal_attention", "fractal_attention_varlen"))
+    assert packed.reasons(q[..., :4], 3, 2, op="fractal_attention_varlen") == []
+
+
+def test_every_python_path_returns_the_output_layout():
+    from mstr_kernels.ops.validation import as_output_layout, empty_output
+    q = torch.randn(2, 3, 5, 4)
+    for out in (empty_output(q), as_output_layout(q), empty_output(q, torch.float64)):
+        assert out.shape == q.shape and out.transpose(1, 2).is_contiguous()

@@ -31,13 +31,14 @@
 #include "cpu/fractal_attention_cpu_vec.h"
 #include "cpu/fractal_attention_cpu_windows.h"
 #include "fractal_attention.h"
+#include "fractal_range.h"
 
 namespace mstr_kernels {
 namespace cpu_kernels {
 namespace CPU_CAPABILITY {
 namespace {
 
-constexpr int64_t kMaxLevels = 10;  // p = 2: 2**10 = 1024
+constexpr int64_t kMaxLevels = spec::kMaxLevels;
 
 // A (B, H, T, D) tensor as a pointer and element strides (64-bit offsets throughout).
 template <typename scalar_t>

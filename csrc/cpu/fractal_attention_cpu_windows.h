@@ -12,13 +12,14 @@
 #include <limits>
 
 #include "cpu/fractal_attention_cpu_vec.h"
+#include "fractal_range.h"
 
 namespace mstr_kernels {
 namespace cpu_kernels {
 namespace CPU_CAPABILITY {
 namespace {
 
-constexpr int64_t kMaxP = 8;
+constexpr int64_t kMaxP = spec::kMaxP;
 
 // The N x N dot-product accumulators (vectors, not yet summed) of one full window of N <= 4
 // rows: each vector of Q and K is loaded once (in registers: N * N + N + 1 <= 21 vectors).
@@ -124,12 +125,15 @@ int64_t tile_probs(const acc_t* const* Q, const int64_t* qs, const acc_t* const*
         score[i] = Vec<acc_t>::blendv(minus_inf, scaled, rows > Vec<acc_t>(acc_t(i)));
         top = at::vec::maximum(top, score[i]);
       }
+      // Scores all -inf (overflowed): weights 0, as SDPA gives, not NaN from -inf - -inf.
+      top = Vec<acc_t>::blendv(top, Vec<acc_t>(acc_t(0)), top == minus_inf);
       Vec<acc_t> z(acc_t(0));
       for (int64_t i = 0; i < p; ++i) {
         score[i] = (score[i] - top).exp();
         z = z + score[i];
       }
-      const Vec<acc_t> inv_z = Vec<acc_t>(acc_t(1)) / z;
+      const Vec<acc_t> zero(acc_t(0)), one(acc_t(1));
+      const Vec<acc_t> inv_z = one / Vec<acc_t>::blendv(z, one, z == zero);
       for (int64_t i = 0; i < p; ++i) (score[i] * inv_z).store(row + i * stride);
     }
   }

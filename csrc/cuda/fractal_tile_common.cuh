@@ -23,6 +23,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "fractal_range.h"
+
 #if defined(__CUDACC__)
 #define MSTR_HD __host__ __device__ __forceinline__
 #define MSTR_DEV __device__ __forceinline__
@@ -46,7 +48,7 @@ struct alignas(16) uint4 {
 };
 #endif
 
-constexpr int kMaxLevels = 10;  // p >= 2 and p**levels <= 1024
+constexpr int kMaxLevels = int(spec::kMaxLevels);
 constexpr int kVecBytes = 16;   // one 128-bit global load or store
 
 template <typename T>
@@ -357,13 +359,14 @@ MSTR_DEV void softmax_rows(const Block& blk, const Geometry& g, const LevelTable
       const float* key_inv = inv_count + L.off[l] + ws;
       float top = -INFINITY;
       for (int m = 0; m < wn; ++m) top = fmaxf(top, s[m] * row_scale * key_inv[m]);
+      if (top == -INFINITY) top = 0.0f;  // scores all -inf (overflowed): weights 0, as SDPA
       float total = 0.0f;
       for (int m = 0; m < wn; ++m) {
         const float ex = expf(s[m] * row_scale * key_inv[m] - top);
         s[m] = ex;
         total += ex;
       }
-      const float inv_total = fast_rcp(total);
+      const float inv_total = total > 0.0f ? fast_rcp(total) : 0.0f;
       for (int m = 0; m < wn; ++m) s[m] *= inv_total;
       for (int m = wn; m < g.p; ++m) s[m] = 0.0f;
     }

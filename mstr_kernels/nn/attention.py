@@ -8,7 +8,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-from ..ops import fractal_attention
+from ..ops import fractal_attention, require_all
 
 
 def lengths_from_key_padding_mask(key_padding_mask: torch.Tensor) -> torch.Tensor:
@@ -19,14 +19,13 @@ def lengths_from_key_padding_mask(key_padding_mask: torch.Tensor) -> torch.Tenso
     if key_padding_mask.dim() != 2:
         raise ValueError(f"key_padding_mask must be (B, T), got shape {tuple(key_padding_mask.shape)}")
     lengths = (~key_padding_mask).sum(dim=1)
-    if not torch.compiler.is_compiling():
-        T = key_padding_mask.shape[1]
-        suffix = torch.arange(T, device=key_padding_mask.device)[None, :] >= lengths[:, None]
-        if not torch.equal(suffix, key_padding_mask):
-            raise ValueError("key_padding_mask must mark padding only at the end of each sequence "
-                             "(True after the last valid frame): fractal attention pools "
-                             "consecutive frames and takes lengths, not arbitrary holes")
-    return lengths
+    T = key_padding_mask.shape[1]
+    suffix = torch.arange(T, device=key_padding_mask.device)[None, :] >= lengths[:, None]
+    # No host read on a GPU (a device-side assertion), the same refusal eagerly and compiled.
+    return require_all(lengths, suffix == key_padding_mask,
+                       "key_padding_mask must mark padding only at the end of each sequence "
+                       "(True after the last valid frame): fractal attention pools "
+                       "consecutive frames and takes lengths, not arbitrary holes")
 
 
 class MultiScaleAttention(nn.Module):

@@ -1,12 +1,17 @@
 """The backend registry: what each implementation supports, declared as data.
 
-Each backend lists the devices, dtypes, head dims, p and levels it runs, and returns its
-reasons in words when it cannot run an input. `auto` takes the first backend in
-`BACKEND_ORDER` with no reasons; a backend the user names raises with its reasons.
+Each backend lists the devices and dtypes it runs and, only where it differs from the SPEC
+range (`validation.SPEC`), the head dims, p and tile sizes; it returns its reasons in words when
+it cannot run an input. `auto` takes the first backend in `BACKEND_ORDER` with no reasons; a
+backend the user names raises with its reasons.
+
+The choice is cached per (name, op, device, dtype, D, p, levels, stride class): a call costs a
+dictionary lookup, and under torch.compile the choice is made once at trace time
+(`assume_constant_result`), outside the traced code, where the lazy imports, the fallback
+warning and the debug log of passed-over backends may run.
 """
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import warnings
@@ -15,9 +20,17 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from .validation import SPEC
+
 log = logging.getLogger("mstr_kernels")
 
 HALF = (torch.float16, torch.bfloat16)
+FRACTAL_ATTENTION = "fractal_attention"  # the padded op of SPEC section 1
+
+# How `fractal_attention` calls a backend (Backend.call):
+EXTENSION = "extension"  # the C++ op mstr_kernels::fractal_attention_ext_fwd, autograd in C++
+CUSTOM_OP = "custom_op"  # the Python registered ops around the module's fwd / bwd
+PLAIN = "plain"          # plain PyTorch ops (traced and differentiated by PyTorch)
 
 
 @dataclass(frozen=True)
@@ -28,28 +41,37 @@ class Backend:
     with the reason it is missing. The module provides `fractal_attention_fwd(q, k, v,
     lengths, p, levels, scale)` and `fractal_attention_bwd(dout, q, k, v, lengths, p,
     levels, scale) -> (dq, dk, dv)` (fused backends), or `fractal_attention_reference`.
+    `max_head_dim`, `p_range` and `max_tile` default to the SPEC range: a backend sets only
+    what it narrows. `ops` names the ops it implements (a packed variant declares its own, e.g.
+    "fractal_attention_varlen"); `reasons(..., op=...)` refuses the others.
     """
     name: str
     description: str
     devices: Tuple[str, ...]
     dtypes: Tuple[torch.dtype, ...]
-    max_head_dim: int
-    p_range: Tuple[int, int]
-    max_tile: int
-    fused: bool
+    max_head_dim: int = SPEC.head_dim_max
+    p_range: Tuple[int, int] = (SPEC.p_min, SPEC.p_max)
+    max_tile: int = SPEC.max_tile
+    fused: bool = True
     loader: Callable[[], object] = field(repr=False, compare=False, default=None)
     # Devices on which `auto` may pick this backend (default: all of `devices`).
     auto_devices: Optional[Tuple[str, ...]] = None
+    ops: Tuple[str, ...] = (FRACTAL_ATTENTION,)
+    call: str = CUSTOM_OP
 
-    @functools.cached_property
     def _load(self):
-        try:
-            return self.loader(), None
-        except Exception as e:  # a missing build or dependency is a reason, not a crash
-            return None, f"{type(e).__name__}: {e}"
+        # A plain memo, not functools.cached_property: Python <= 3.11's takes an RLock.
+        loaded = self.__dict__.get("_loaded")
+        if loaded is None:
+            try:
+                loaded = (self.loader(), None)
+            except Exception as e:  # a missing build or dependency is a reason, not a crash
+                loaded = (None, f"{type(e).__name__}: {e}")
+            object.__setattr__(self, "_loaded", loaded)
+        return loaded
 
     def module(self):
-        mod, why = self._load
+        mod, why = self._load()
         if mod is None:
             raise RuntimeError(f"backend {self.name!r} is not available: {why}")
         return mod
@@ -58,11 +80,14 @@ class Backend:
         """Why this install cannot run the backend at all (None if it can)."""
         if self.devices == ("cuda",) and not torch.cuda.is_available():
             return "no CUDA GPU is visible to torch (torch.cuda.is_available() is False)"
-        return self._load[1]
+        return self._load()[1]
 
-    def reasons(self, q: torch.Tensor, p: int, levels: int) -> List[str]:
+    def reasons(self, q: torch.Tensor, p: int, levels: int,
+                op: str = FRACTAL_ATTENTION) -> List[str]:
         """Why this backend cannot run these inputs; empty if it can."""
         why = []
+        if op not in self.ops:
+            why.append(f"op {op!r} not implemented (implements {self.ops})")
         if q.device.type not in self.devices:
             why.append(f"device {q.device.type!r} not in {self.devices}")
         if q.dtype not in self.dtypes:
@@ -104,23 +129,24 @@ _TRITON_DEVICES = ("cuda", "cpu") if os.environ.get("TRITON_INTERPRET") == "1" e
 
 BACKENDS: Dict[str, Backend] = {b.name: b for b in (
     Backend("cuda", "fused CUDA C++ kernels (csrc/, mstr_kernels._C)", ("cuda",), _FLOATS,
-            256, (2, 8), 1024, True, _load_extension("cuda")),
+            loader=_load_extension("cuda"), call=EXTENSION),
     Backend("triton", "fused Triton kernels, one launch forward and one backward",
-            _TRITON_DEVICES, _FLOATS, 256, (2, 8), 1024, True, _load_triton,
-            auto_devices=("cuda",)),
+            _TRITON_DEVICES, _FLOATS, loader=_load_triton, auto_devices=("cuda",)),
     Backend("cpu", "fused C++ CPU kernels with ATen parallel_for (csrc/)", ("cpu",),
-            _FLOATS + (torch.float64,), 256, (2, 8), 1024, True, _load_extension("cpu")),
+            _FLOATS + (torch.float64,), loader=_load_extension("cpu"), call=EXTENSION),
     Backend("reference", "plain PyTorch ops, autograd by PyTorch", ("cpu", "cuda"),
-            _FLOATS + (torch.float64,), 256, (2, 8), 1024, False, _load_reference),
+            _FLOATS + (torch.float64,), fused=False, loader=_load_reference, call=PLAIN),
 )}
 
-# `auto` tries these in order: the fastest first. On an H100 (benchmarks/results/nvidia-h100-*,
-# B=32 H=16 T=4096 D=64 bf16 p=3 levels=4) triton ran forward 1.40 ms and forward+backward
-# 6.21 ms, cuda 1.92 and 7.42 ms: triton goes first.
+# `auto` tries these in order, the fastest first (measured: benchmarks/results/*.json; the
+# H100 runs put triton ahead of cuda at the benchmark shape).
 BACKEND_ORDER = ("triton", "cuda", "cpu", "reference")
 BACKEND_NAMES = ("auto",) + BACKEND_ORDER
 
 _warned: set = set()
+# (name, op, device, dtype, D, p, levels, stride class, registry) -> backend name, or "!" and
+# the error; the registry's identity is part of the key, so replacing an entry re-decides.
+_choices: Dict[tuple, str] = {}
 
 
 def get_backend(name: str) -> Backend:
@@ -129,28 +155,58 @@ def get_backend(name: str) -> Backend:
     return BACKENDS[name]
 
 
-def select_backend(name: str, q: torch.Tensor, p: int, levels: int) -> Backend:
+def select_backend(name: str, q: torch.Tensor, p: int, levels: int,
+                   op: str = FRACTAL_ATTENTION) -> Backend:
     """The backend that runs these inputs: the named one, or the first that fits for 'auto'."""
+    chosen = _choice(name, op, q.device, q.dtype, int(q.shape[-1]), p, levels,
+                     q.stride(-1) == 1)
+    if chosen.startswith("!"):
+        raise ValueError(chosen[1:])
+    return BACKENDS[chosen]
+
+
+@torch.compiler.assume_constant_result
+def _choice(name: str, op: str, device: torch.device, dtype: torch.dtype, head_dim: int, p: int,
+            levels: int, unit_stride: bool) -> str:
+    key = (name, op, device, dtype, head_dim, p, levels, unit_stride,
+           tuple(map(id, BACKENDS.values())))
+    chosen = _choices.get(key)
+    if chosen is None:
+        # A small tensor like the inputs (device, dtype, D, unit stride or not): what
+        # `reasons` reads. Allocated on a cache miss only.
+        probe = torch.empty_strided((1, 1, 1, head_dim), (head_dim, head_dim, head_dim,
+                                                          1 if unit_stride else 2),
+                                    dtype=dtype, device=device)
+        try:
+            chosen = _select_uncached(name, probe, p, levels, op).name
+        except ValueError as e:
+            chosen = "!" + str(e)
+        _choices[key] = chosen
+    return chosen
+
+
+def _select_uncached(name, q, p, levels, op) -> Backend:
     if name != "auto":
         backend = get_backend(name)
-        why = backend.reasons(q, p, levels)
+        why = backend.reasons(q, p, levels, op=op)
         if why:
             raise ValueError(f"backend={name!r} cannot run these inputs: " + "; ".join(why))
         return backend
     passed_over = []
     for candidate in BACKEND_ORDER:
         backend = BACKENDS[candidate]
-        why = backend.reasons(q, p, levels)
+        why = backend.reasons(q, p, levels, op=op)
         if not why and q.device.type not in (backend.auto_devices or backend.devices):
             why = [f"not chosen by auto on device {q.device.type!r}"]
         if not why:
-            if passed_over and backend.name == "reference":
+            if passed_over and not backend.fused:
                 _warn_fallback(q, passed_over)
             return backend
         log.debug("auto: passing over backend %r: %s", candidate, "; ".join(why))
         if q.device.type in backend.devices:
             passed_over.append(f"{candidate} ({'; '.join(why)})")
-    raise ValueError(f"no backend can run inputs on device {q.device} with dtype {q.dtype}")
+    raise ValueError(f"no backend can run inputs on device {q.device} with dtype {q.dtype}"
+                     + (f" for op {op!r}" if op != FRACTAL_ATTENTION else ""))
 
 
 def _warn_fallback(q, passed_over):
@@ -158,7 +214,7 @@ def _warn_fallback(q, passed_over):
     if key not in _warned:
         _warned.add(key)
         warnings.warn("mstr_kernels: backend='auto' falls back to the slow 'reference' backend "
-                      "because " + ", ".join(passed_over), RuntimeWarning, stacklevel=4)
+                      "because " + ", ".join(passed_over), RuntimeWarning, stacklevel=6)
 
 
 def available_backends() -> Dict[str, Optional[str]]:

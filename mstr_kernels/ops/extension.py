@@ -31,7 +31,30 @@ def _import_extension():
             raise ImportError("the C++ extension mstr_kernels._C is not built (install without "
                               "MSTR_KERNELS_SKIP_EXT=1 and with a C++ compiler)") from e
         raise ImportError(_load_failure_reason(info, e)) from e
+    _register_fakes()
     return _C
+
+
+_fakes_registered = False
+
+
+def _register_fakes() -> None:
+    """Fake (meta) kernels of the C++ ops, for torch.compile and FakeTensorMode: outputs in the
+    layout every backend returns (validation.empty_output)."""
+    global _fakes_registered
+    if _fakes_registered:
+        return
+    from .validation import empty_output
+
+    @torch.library.register_fake("mstr_kernels::fractal_attention_ext_fwd")
+    def _(q, k, v, lengths, p, levels, scale):
+        return empty_output(q)
+
+    @torch.library.register_fake("mstr_kernels::fractal_attention_ext_bwd")
+    def _(dout, q, k, v, lengths, p, levels, scale):
+        return empty_output(q), empty_output(q), empty_output(q)
+
+    _fakes_registered = True
 
 
 def _load_failure_reason(info: dict, error: Exception) -> str:

@@ -1,8 +1,15 @@
 """The public op: validation, dispatch and its `torch.library` registration.
 
-Fused backends run behind two registered custom ops (forward and backward), so
-`torch.compile(fullgraph=True)` sees one opaque node each and autograd is registered on the
-forward. The reference backend is plain PyTorch: it is traced and differentiated natively.
+Three ways to a backend (`Backend.call`), each one opaque node (or plain ops) to torch.compile:
+- `extension` (cpu, cuda): the C++ op `mstr_kernels::fractal_attention_ext_fwd`, registered with
+  the dispatcher in csrc/fractal_attention.cpp with its autograd in C++, so an eager call pays
+  one dispatcher hop and no Python layer (that layer alone cost more than SDPA's whole call);
+- `custom_op` (triton, any Python fused backend): two Python custom ops (forward, backward),
+  with autograd registered on the forward;
+- `plain` (reference): plain PyTorch, traced and differentiated natively.
+Every path checks `lengths` values inside a registered op (the C++ entry,
+`fractal_attention_fwd/bwd`, or `checked_lengths` for the reference), before any narrowing: the
+same inputs are refused eagerly and compiled, without a host read on a GPU.
 """
 from __future__ import annotations
 
@@ -11,40 +18,40 @@ from typing import Optional, Tuple
 import torch
 
 from . import validation
-from .backends import get_backend, select_backend
+from .backends import EXTENSION, PLAIN, get_backend, select_backend
 from .reference import fractal_attention_reference
 
 
-def _empty_like_out(x: torch.Tensor) -> torch.Tensor:
-    """(B, H, T, D) tensor whose memory is (B, T, H, D), the layout every backend returns."""
-    B, H, T, D = x.shape
-    return x.new_empty((B, T, H, D)).transpose(1, 2)
+def _int32(lengths: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return None if lengths is None else lengths.to(torch.int32).contiguous()
 
 
 @torch.library.custom_op("mstr_kernels::fractal_attention_fwd", mutates_args=())
 def fractal_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                           lengths: Optional[torch.Tensor], p: int, levels: int, scale: float,
                           backend: str) -> torch.Tensor:
-    validation.check_lengths_values(lengths, q.shape[2])
-    return get_backend(backend).module().fractal_attention_fwd(q, k, v, lengths, p, levels, scale)
+    validation.check_lengths_range(lengths, q.shape[2])
+    return get_backend(backend).module().fractal_attention_fwd(q, k, v, _int32(lengths), p,
+                                                               levels, scale)
 
 
 @fractal_attention_fwd.register_fake
 def _(q, k, v, lengths, p, levels, scale, backend):
-    return _empty_like_out(q)
+    return validation.empty_output(q)
 
 
 @torch.library.custom_op("mstr_kernels::fractal_attention_bwd", mutates_args=())
 def fractal_attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                           lengths: Optional[torch.Tensor], p: int, levels: int, scale: float,
                           backend: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    validation.check_lengths_range(lengths, q.shape[2])
     return tuple(get_backend(backend).module().fractal_attention_bwd(
-        dout, q, k, v, lengths, p, levels, scale))
+        dout, q, k, v, _int32(lengths), p, levels, scale))
 
 
 @fractal_attention_bwd.register_fake
 def _(dout, q, k, v, lengths, p, levels, scale, backend):
-    return _empty_like_out(q), _empty_like_out(q), _empty_like_out(q)
+    return validation.empty_output(q), validation.empty_output(q), validation.empty_output(q)
 
 
 def _setup_context(ctx, inputs, output):
@@ -62,6 +69,38 @@ def _backward(ctx, dout):
 fractal_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
+@torch.library.custom_op("mstr_kernels::checked_lengths", mutates_args=())
+def checked_lengths(lengths: torch.Tensor, T: int) -> torch.Tensor:
+    """A copy of `lengths` once 0 <= lengths[b] <= T holds (the reference path's check: an op,
+    so it runs at run time under torch.compile too)."""
+    validation.check_lengths_range(lengths, T)
+    return lengths.clone()
+
+
+@checked_lengths.register_fake
+def _(lengths, T):
+    return torch.empty_like(lengths)
+
+
+@torch.library.custom_op("mstr_kernels::require_all", mutates_args=())
+def require_all(x: torch.Tensor, ok: torch.Tensor, message: str) -> torch.Tensor:
+    """A copy of `x` once every element of the bool tensor `ok` is True: otherwise ValueError
+    (message) on the CPU (read on the host: no device sync) and a device-side assertion on a GPU
+    (no host read). An op, so the check runs at run time under torch.compile too; use its
+    result, so that the check is not dropped as dead code."""
+    if ok.device.type == "cpu":
+        if not ok.numpy().all():
+            raise ValueError(message)
+    else:
+        torch._assert_async(ok.all(), message)
+    return x.clone()
+
+
+@require_all.register_fake
+def _(x, ok, message):
+    return torch.empty_like(x)
+
+
 def fractal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, p: int = 3,
                       levels: int = 4, lengths: Optional[torch.Tensor] = None,
                       scale: Optional[float] = None, backend: str = "auto") -> torch.Tensor:
@@ -69,22 +108,22 @@ def fractal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, p: i
 
     q, k, v: (B, H, T, D), any strides. lengths: None or integer (B,), frames t >= lengths[b]
     are padding (output and gradients exactly 0). Returns (B, H, T, D) laid out as (B, T, H, D).
-    Under `torch.autocast`, q, k, v are cast to the autocast dtype, as SDPA's are.
+    Under `torch.autocast`, float32 / float16 / bfloat16 q, k, v are cast to the autocast dtype
+    and float64 stays float64, as SDPA's inputs are.
     """
-    validation.check_params(p, levels)
-    validation.check_qkv(q, k, v)
-    validation.check_scale(scale)
-    validation.check_lengths_meta(lengths, q)
+    validation.check_call(q, k, v, p, levels, scale, lengths)
     device_type = q.device.type
-    if torch.is_autocast_enabled(device_type):
+    if torch.is_autocast_enabled(device_type) and q.dtype in validation.AUTOCAST_DTYPES:
         dtype = torch.get_autocast_dtype(device_type)
-        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+        if q.dtype != dtype:
+            q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     chosen = select_backend(backend, q, p, levels)
     scale = validation.default_scale(q.shape[-1], scale)
-    if not chosen.fused:
-        if not torch.compiler.is_compiling():
-            validation.check_lengths_values(lengths, q.shape[2])
+    if chosen.call == EXTENSION:
+        return torch.ops.mstr_kernels.fractal_attention_ext_fwd.default(q, k, v, lengths, p,
+                                                                        levels, scale)
+    if chosen.call == PLAIN:
+        if lengths is not None:
+            lengths = checked_lengths(lengths, q.shape[2])
         return fractal_attention_reference(q, k, v, lengths, p, levels, scale)
-    if lengths is not None:
-        lengths = lengths.to(torch.int32).contiguous()
     return fractal_attention_fwd(q, k, v, lengths, p, levels, scale, chosen.name)

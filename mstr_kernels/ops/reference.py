@@ -11,6 +11,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .validation import as_output_layout
+
 
 def frame_mask(B: int, T: int, lengths: Optional[torch.Tensor], device) -> torch.Tensor:
     """(B, T) bool: True where frame t < lengths[b]."""
@@ -25,13 +27,25 @@ def fractal_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     """(B, H, T, D) output whose memory is laid out as (B, T, H, D)."""
     with torch.autocast(q.device.type, enabled=False):
         out = _reference(q, k, v, lengths, p, levels, scale)
-    return out.to(q.dtype).transpose(1, 2).contiguous().transpose(1, 2)
+    return as_output_layout(out.to(q.dtype))
 
 
 def drop_padding(x: torch.Tensor, m: torch.Tensor, compute: torch.dtype) -> torch.Tensor:
     """x in the compute dtype, padded to m's T_pad frames, with exact zeros where m is False: a
     select, not a product, so NaN or Inf in padding frames cannot leak (NaN * 0 is NaN)."""
     return torch.where(m, F.pad(x.to(compute), (0, 0, 0, m.shape[2] - x.shape[2])), 0.0)
+
+
+def window_softmax(scores: torch.Tensor, key_valid: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dim, keys where key_valid is False excluded. A row whose keys are
+    all excluded or all -inf (scores that overflowed float32) gets weights 0, as SDPA gives;
+    +inf or NaN scores give NaN, as in SDPA. The max is detached: the softmax does not depend
+    on it, so its gradient is exact."""
+    scores = scores.masked_fill(~key_valid, float("-inf"))
+    top = scores.amax(dim=-1, keepdim=True).detach()
+    e = torch.exp(scores - torch.where(top == float("-inf"), 0.0, top))
+    total = e.sum(dim=-1, keepdim=True)
+    return e / torch.where(total == 0, 1.0, total)
 
 
 def _reference(q, k, v, lengths, p, levels, scale):
@@ -52,10 +66,8 @@ def _reference(q, k, v, lengths, p, levels, scale):
         pooled = [x.view(B, H, n_pooled, S, D).sum(3) / count.clamp(min=1) for x in (qs, ks, vs)]
         qw, kw, vw = (x.view(B, H, n_pooled // p, p, D) for x in pooled)
         scores = (qw @ kw.transpose(-1, -2)) * scale  # (B, H, windows, p, p)
-        key_valid = valid.view(B, 1, n_pooled // p, 1, p)
-        # A finite fill keeps windows with no valid key finite; their queries are masked below.
-        scores = scores.masked_fill(~key_valid, torch.finfo(compute).min)
-        y = (torch.softmax(scores, dim=-1) @ vw).view(B, H, n_pooled, D)
+        attn = window_softmax(scores, valid.view(B, 1, n_pooled // p, 1, p))
+        y = (attn @ vw).view(B, H, n_pooled, D)
         mixed = F.gelu(y) * valid
         out = out + mixed.repeat_interleave(S, dim=2)
     return torch.where(m, out, 0.0)[:, :, :T]
@@ -88,9 +100,7 @@ def fractal_attention_reference_backward(dout, q, k, v, lengths, p, levels, scal
         qw, kw, vw = (x.view(B, H, n_pooled, S, D).sum(3).div(count.clamp(min=1))
                       .view(B, H, n_pooled // p, p, D) for x in (qs, ks, vs))
         scores = (qw @ kw.transpose(-1, -2)) * scale
-        scores = scores.masked_fill(~valid.view(B, 1, n_pooled // p, 1, p),
-                                    torch.finfo(compute).min)
-        attn = torch.softmax(scores, dim=-1)
+        attn = window_softmax(scores, valid.view(B, 1, n_pooled // p, 1, p))
         y = attn @ vw
         # out[t] gets GELU(y[t // S]) for valid t: the pooled gradient sums its frames' dout
         dmixed = douts.view(B, H, n_pooled, S, D).sum(3).view_as(y)
@@ -116,4 +126,4 @@ def fractal_attention_fwd(q, k, v, lengths, p, levels, scale):
 def fractal_attention_bwd(dout, q, k, v, lengths, p, levels, scale):
     with torch.no_grad(), torch.autocast(q.device.type, enabled=False):
         grads = fractal_attention_reference_backward(dout, q, k, v, lengths, p, levels, scale)
-    return tuple(g.to(q.dtype).transpose(1, 2).contiguous().transpose(1, 2) for g in grads)
+    return tuple(as_output_layout(g.to(q.dtype)) for g in grads)

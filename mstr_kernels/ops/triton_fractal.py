@@ -22,6 +22,7 @@ import triton
 
 from .triton_fractal_bwd import BWD_REGIONS, fractal_bwd_kernel
 from .triton_fractal_fwd import FWD_REGIONS, fractal_fwd_kernel
+from .validation import empty_output
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # Under the interpreter programs run one after another: a few exercise the persistent loop.
@@ -72,6 +73,7 @@ def set_tuning(kind: str, **values) -> None:
     TUNING[kind].update(values)
     launch_config.cache_clear()
     _PLAN_CACHE.clear()
+    _SCRATCH.clear()
 
 
 def tuning_from_env(text: Optional[str]) -> dict:
@@ -146,7 +148,15 @@ def _meta(cfg: LaunchConfig, kind: str, p: int, levels: int, has_lengths: bool) 
     return meta
 
 
+# Per (kernel kind, p, levels, D, lengths or not, dtype, device index): the launch options and
+# programs per SM of the compiled kernel. Kept apart from the call path: a call builds one
+# small key, reads no device properties and allocates nothing (scratch below).
 _PLAN_CACHE: dict = {}
+_SM_COUNT: dict = {}
+# Per (device index, stream): one fp32 scratch buffer, grown as needed and reused by every
+# launch on that stream (launches on one stream run one after another, so they never share it
+# concurrently). Launches being captured into a CUDA graph get their own, from the graph's pool.
+_SCRATCH: dict = {}
 
 
 def _occupancy(compiled, device: torch.device) -> int:
@@ -163,51 +173,59 @@ def _occupancy(compiled, device: torch.device) -> int:
     return max(1, min(by_regs, by_smem, by_threads, MAX_PROGRAMS_PER_SM))
 
 
-def _plan(kernel, args, meta, device: torch.device):
+def _plan(key, kernel, tensors, scalars, meta, device: torch.device):
     """(launch options, programs per SM) for the kernel compiled for these arguments. The
     register cap is dropped where it makes ptxas spill (a cap is tuned for the common shapes),
     and the persistent grid launches exactly as many programs per SM as fit, so none waits."""
-    key = (kernel.fn.__name__, device.index, tuple(sorted(meta.items())),
-           tuple((a.dtype, a.stride()[-1] == 1) if isinstance(a, torch.Tensor) else
-                 (type(a), a == 1, isinstance(a, int) and a % 16 == 0) for a in args))
-    if key not in _PLAN_CACHE:
+    plan = _PLAN_CACHE.get(key)
+    if plan is None:
+        probe = torch.empty(1, dtype=torch.float32, device=device)  # stands in for the scratch
+        args = (*tensors, probe, *scalars)
         compiled = kernel.warmup(*args, grid=(1,), **meta)
         compiled._init_handles()
         if compiled.n_spills and "maxnreg" in meta:
             meta = {k: v for k, v in meta.items() if k != "maxnreg"}
             compiled = kernel.warmup(*args, grid=(1,), **meta)
             compiled._init_handles()
-        _PLAN_CACHE[key] = (meta, _occupancy(compiled, device))
-    return _PLAN_CACHE[key]
+        if device.index not in _SM_COUNT:
+            _SM_COUNT[device.index] = torch.cuda.get_device_properties(device).multi_processor_count
+        plan = _PLAN_CACHE[key] = (meta, _occupancy(compiled, device) * _SM_COUNT[device.index])
+    return plan
 
 
-def _launch(kernel, kind, tensors, scalars, meta, total_tiles, scratch_per_program, device):
+def _launch(kernel, kind, tensors, scalars, meta, total_tiles, scratch_per_program, device,
+            plan_key):
     """Launch the persistent grid over `total_tiles` tiles with a scratch per program."""
     if INTERPRET or device.type != "cuda":
         n_programs = INTERPRET_PROGRAMS
     else:
-        probe = torch.empty(1, dtype=torch.float32, device=device)
-        meta, per_sm = _plan(kernel, (*tensors, probe, *scalars), meta, device)
-        n_programs = per_sm * torch.cuda.get_device_properties(device).multi_processor_count
+        meta, n_programs = _plan(plan_key, kernel, tensors, scalars, meta, device)
     if scratch_per_program:
         max_bytes = TUNING[kind]["scratch_mb"] << 20
         n_programs = min(n_programs, max(1, max_bytes // (4 * scratch_per_program)))
     n_programs = max(1, min(total_tiles, n_programs))
-    scratch = _scratch(n_programs, scratch_per_program, device)
+    scratch = _scratch(n_programs * scratch_per_program, device)
     kernel[(n_programs,)](*tensors, scratch, *scalars, **meta)
 
 
-def _scratch(n_programs: int, elements_per_program: int, device: torch.device) -> torch.Tensor:
-    numel = max(1, n_programs * elements_per_program)
-    if INTERPRET:
+def _scratch(numel: int, device: torch.device) -> torch.Tensor:
+    numel = max(1, numel)
+    if INTERPRET or device.type != "cuda":
         # NaN-filled, so a read of a row the kernel never wrote shows up in the tests.
         return torch.full((numel,), float("nan"), dtype=torch.float32, device=device)
-    return torch.empty(numel, dtype=torch.float32, device=device)
+    if torch.cuda.is_current_stream_capturing():
+        return torch.empty(numel, dtype=torch.float32, device=device)
+    key = (device.index, torch.cuda.current_stream(device).cuda_stream)
+    buffer = _SCRATCH.get(key)
+    if buffer is None or buffer.numel() < numel:
+        buffer = _SCRATCH[key] = torch.empty(numel, dtype=torch.float32, device=device)
+    return buffer
 
 
-def _empty_out(x: torch.Tensor) -> torch.Tensor:
-    B, H, T, D = x.shape
-    return x.new_empty((B, T, H, D)).transpose(1, 2)
+def free_scratch() -> None:
+    """Gives the kept scratch buffers back to PyTorch's allocator (they are made again when
+    needed)."""
+    _SCRATCH.clear()
 
 
 def _lengths_arg(lengths: Optional[torch.Tensor], q: torch.Tensor):
@@ -218,7 +236,7 @@ def fractal_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                           lengths: Optional[torch.Tensor], p: int, levels: int,
                           scale: float) -> torch.Tensor:
     B, H, T, D = q.shape
-    out = _empty_out(q)
+    out = empty_output(q)
     cfg = launch_config(p, levels, D, "fwd")
     n_tiles = triton.cdiv(T, cfg.tile)
     lengths_ptr, has_lengths = _lengths_arg(lengths, q)
@@ -226,7 +244,8 @@ def fractal_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                H, T, D, n_tiles, B * H * n_tiles, float(scale))
     _launch(fractal_fwd_kernel, "fwd", (q, k, v, out, lengths_ptr), scalars,
             _meta(cfg, "fwd", p, levels, has_lengths), B * H * n_tiles,
-            cfg.program_stride, q.device)
+            cfg.program_stride, q.device,
+            ("fwd", p, levels, cfg, has_lengths, q.dtype, q.device.index))
     return out
 
 
@@ -234,7 +253,7 @@ def fractal_attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
                           v: torch.Tensor, lengths: Optional[torch.Tensor], p: int,
                           levels: int, scale: float):
     B, H, T, D = q.shape
-    dq, dk, dv = _empty_out(q), _empty_out(q), _empty_out(q)
+    dq, dk, dv = empty_output(q), empty_output(q), empty_output(q)
     cfg = launch_config(p, levels, D, "bwd")
     n_tiles = triton.cdiv(T, cfg.tile)
     lengths_ptr, has_lengths = _lengths_arg(lengths, q)
@@ -244,5 +263,6 @@ def fractal_attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
                H, T, D, n_tiles, B * H * n_tiles, float(scale))
     _launch(fractal_bwd_kernel, "bwd", (dout, q, k, v, dq, dk, dv, lengths_ptr), scalars,
             _meta(cfg, "bwd", p, levels, has_lengths), B * H * n_tiles,
-            cfg.program_stride, q.device)
+            cfg.program_stride, q.device,
+            ("bwd", p, levels, cfg, has_lengths, q.dtype, q.device.index))
     return dq, dk, dv

@@ -89,7 +89,8 @@ def _attend_rows(q, k_base, k_rs, k_cs, v_base, v_rs, v_cs, rows, n_t, S, scale,
     its window, gathered by index (means, sums over counts, when POOLED). Returns y [BR, BD]
     and the softmax statistics m, l [BR]. Keys without valid frames get no weight."""
     first = (rows // P_WIN) * P_WIN
-    m = tl.full([BR], -1e30, tl.float32)  # finite: exp(m - m_new) never sees inf - inf
+    # From -inf (a finite start would swallow windows whose scores all lie below it).
+    m = tl.full([BR], float("-inf"), tl.float32)
     l = tl.zeros([BR], tl.float32)
     acc = tl.zeros([BR, BD], tl.float32)
     for i in tl.static_range(P_WIN):
@@ -104,10 +105,14 @@ def _attend_rows(q, k_base, k_rs, k_cs, v_base, v_rs, v_cs, rows, n_t, S, scale,
             v = v * inv
         s = tl.where(key_ok, tl.sum(q * k, axis=1) * scale, float("-inf"))
         m_new = tl.maximum(m, s)
-        alpha = tl.exp(m - m_new)
-        e = tl.exp(s - m_new)
+        # -inf while no key has a finite score: subtract 0 there, not -inf (NaN from -inf - -inf)
+        m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp(m - m_sub)
+        e = tl.exp(s - m_sub)
         l = l * alpha + e
         acc = acc * alpha[:, None] + e[:, None] * v
         m = m_new
     y = acc / tl.where(l > 0, l, 1.0)[:, None]
-    return y, m, l
+    # Rows without a finite score (no valid key, or scores all -inf from overflow) get weights
+    # 0 (y = 0, as SDPA); m = 0 there keeps the backward's exp(s - m) at 0, not NaN.
+    return y, tl.where(m == float("-inf"), 0.0, m), l
