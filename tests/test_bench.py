@@ -142,20 +142,118 @@ def test_targets_verdicts():
                for t in report.targets(_result("cpu", cpu_rows)) if "CUDA" in t["target"])
 
 
-def test_model_bench_rows():
-    from mstr_kernels.bench.model_bench import run_model_bench
+def test_model_bench_rows(monkeypatch):
+    """Eager and compiled rows (compiled as `mstr train` compiles, here with aot_eager for speed
+    on 2 cores), wall time beside the busy time (CPU: time in profiled ops), the spread."""
+    from mstr_kernels.bench import model_bench
+    real_compile = model_bench.compile_model
+    modes = []
+
+    def compile_aot_eager(model, device, *, mode=None):
+        modes.append(mode)
+        return real_compile(model, device, mode=mode, backend="aot_eager")
+    monkeypatch.setattr(model_bench, "compile_model", compile_aot_eager)
     kwargs = dict(B=2, T=20, F_dim=32, num_layers=1, num_heads=2, sweep_T=[40], sweep_B=1,
                   steps=2, budget_s=0.0, progress=lambda line: None)
     saved = []
-    rows = run_model_bench(CPU, ["reference"], on_row=lambda: saved.append(1), **kwargs)
-    assert [(r["model"], r["B"], r["T"], r["sweep"]) for r in rows] == [
-        ("MSTR[reference]", 2, 20, False), ("vanilla", 2, 20, False),
-        ("MSTR[reference]", 1, 40, True), ("vanilla", 1, 40, True)]
+    rows = model_bench.run_model_bench(CPU, ["reference"], on_row=lambda: saved.append(1),
+                                       compiled=["vanilla"], **kwargs)
+    assert [(r["model"], r["mode"], r["B"], r["T"], r["sweep"]) for r in rows] == [
+        ("MSTR[reference]", "eager", 2, 20, False), ("vanilla", "eager", 2, 20, False),
+        ("vanilla", "default", 2, 20, False),
+        ("MSTR[reference]", "eager", 1, 40, True), ("vanilla", "eager", 1, 40, True)]
+    assert modes == ["default"] and [r["compiled"] for r in rows] == [0, 0, 1, 0, 0]
     assert len(saved) == len(rows)
     for r in rows:
         assert r["step_ms"] > 0, r["note"]
+        assert 0 < r["busy_ms"], r["note"]  # CPU: time in profiled ops, per step
+        s = r["spread"]
+        assert s["min_ms"] <= s["median_ms"] <= s["max_ms"] and s["calls"] >= 2
+        assert r["step_ms"] == s["median_ms"] and r["warmup_s"] > 0
     assert rows[0]["speedup_vs_reference"] == 1.0
     assert math.isclose(rows[1]["speedup_vs_reference"], rows[0]["step_ms"] / rows[1]["step_ms"])
+
+
+def test_busy_time_counts_overlapping_kernels_once():
+    from mstr_kernels.bench.model_bench import union_ms
+    assert union_ms([]) == 0
+    # microseconds: [0, 10] and [5, 20] overlap (two streams), [30, 35] apart
+    assert union_ms([(5, 20), (0, 10), (30, 35)]) == pytest.approx(0.025)
+    assert union_ms([(0, 10), (2, 3)]) == pytest.approx(0.010)
+
+
+def test_noise_verdict_flags_spread_and_load():
+    from mstr_kernels.bench.timing import Timing, noise_verdict, timing_from_rounds
+    quiet = timing_from_rounds([[1.0, 1.01], [0.99, 1.0], [1.02, 1.0]], other_load_cores=0.0)
+    assert quiet.rounds == 3 and quiet.calls == 6 and noise_verdict(quiet) is None
+    # the co-run of issue 19: one round at 8 ms among rounds at 0.12 ms
+    noisy = timing_from_rounds([[0.119, 0.12], [7.988, 8.1], [0.12, 0.121]])
+    assert noisy.max_ms > 60 * noisy.min_ms
+    assert "rounds spread" in noise_verdict(noisy)
+    loaded = Timing(1.0, 0.99, 1.01, 5, 50, other_load_cores=1.5)
+    assert "other processes kept 1.5" in noise_verdict(loaded, load_limit=0.5)
+    assert noise_verdict(loaded, load_limit=2.0) is None
+
+
+def test_unreliable_figures_are_flagged_in_rows_json_and_output(monkeypatch, tmp_path, capsys):
+    """Rounds with a big spread (fed to the reporter) make the row, the JSON and the printed
+    output say the figure is unreliable; quiet rounds do not."""
+    from mstr_kernels.bench import timing
+    from mstr_kernels.bench.timing import timing_from_rounds
+    calls = iter(range(10 ** 6))
+
+    def fake_measure(fns, device, **kwargs):
+        for fn in fns:
+            fn()
+        noisy = next(calls) % 2 == 0  # every other figure: one round 60x slower
+        return timing_from_rounds([[0.12, 0.12], [8.0 if noisy else 0.121, 0.12], [0.12]], 0.0)
+    monkeypatch.setattr(timing, "measure", fake_measure)
+    out = tmp_path / "r.json"
+    assert cli.main(["bench", "--device", "cpu", "--quick", "--T", "20", "--B", "1", "--H", "1",
+                     "--D", "8", "--p", "3", "--levels", "2", "--no-model", "--contenders",
+                     "reference", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    flagged = [r for r in result["rows"] if r["unreliable"]]
+    assert len(flagged) == 1 and len(result["rows"]) == 2
+    assert "rounds spread" in flagged[0]["unreliable"]
+    assert flagged[0]["spread"]["max_ms"] > 10 * flagged[0]["spread"]["min_ms"]
+    assert result["noise"]["unreliable_figures"] == 1
+    assert printed.count("WARNING unreliable: reference") == 1 and "UNRELIABLE" in printed
+
+
+def test_plots_show_every_contender_and_say_what_they_measure():
+    """Equal values do not hide a contender (distinct hollow markers, sizes), the legend sits
+    outside the axes, the labels name the measure (CPU memory: a profiler lower bound)."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+    rows = []
+    for name in ("cpu", "reference", SDPA):
+        for T in (16, 32):
+            for pass_ in PASSES:
+                # every contender the same time and memory: the lines coincide
+                rows.append(dict(contender=name, **{"pass": pass_}, B=1, H=2, T=T, D=8,
+                                 dtype="float32", p=3, levels=2, median_ms=0.5 * T,
+                                 floor_ratio=2.0, peak_mem_mb=1.0))
+    result = {"env": {"device": "cpu", "device_name": "a CPU"}, "rows": rows, "model_rows": []}
+    figures = report.plot_figures(result)
+    assert sorted(name for _, name in figures) == ["op-memory-B1-H2-D8-float32-p3-L2.png",
+                                                   "op-time-B1-H2-D8-float32-p3-L2.png"]
+    for fig, name in figures:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        legend = fig.legends[0].get_window_extent(renderer)
+        for ax in fig.axes:
+            lines = {ln.get_label(): ln for ln in ax.get_lines()}
+            assert {"cpu", "reference", SDPA} <= set(lines)
+            looks = {(ln.get_marker(), ln.get_markersize()) for n, ln in lines.items()
+                     if n != "memory floor"}
+            assert len(looks) == 3 and all(ln.get_markerfacecolor() == "none"
+                                           for n, ln in lines.items() if n != "memory floor")
+            assert not legend.overlaps(ax.get_window_extent(renderer)), name
+        text = " ".join([fig._suptitle.get_text()] + [ax.get_ylabel() for ax in fig.axes])
+        assert ("lower bound" in text) if "memory" in name else ("median wall time" in text)
+        plt.close(fig)
 
 
 def test_readme_perf_section_is_rendered_from_results(quick_run, tmp_path):

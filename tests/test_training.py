@@ -335,3 +335,63 @@ def test_sigkilled_cli_run_resumes_to_identical_weights(tmp_path):
     for k in a:
         if k.startswith(("model.", "optimizer.")):
             assert torch.equal(a[k], b[k]), k
+
+
+def test_length_buckets_are_few_fixed_multiples():
+    from mstr_kernels.training.batching import length_buckets
+    assert length_buckets(160, 81) == [81, 162]
+    assert length_buckets(81, 81) == [81]
+    assert length_buckets(1700, 81) == [81 * k for k in (1, 2, 3, 4, 6, 8, 12, 16, 21)]
+    for longest, unit in ((1, 9), (100_000, 81), (5, 1)):
+        b = length_buckets(longest, unit)
+        assert b == sorted(set(b)) and b[-1] >= longest and all(n % unit == 0 for n in b)
+        assert all(hi <= 2 * lo for lo, hi in zip(b, b[1:]))  # padding adds at most 2x
+    collate = PadCollate(buckets=[9, 18, 27], rows=4)
+    x, lengths, y = collate([(torch.ones(10, 2), 1), (torch.ones(3, 2), 0)])
+    assert x.shape == (4, 18, 2) and lengths.tolist() == [10, 3, 0, 0]
+    assert y.tolist() == [1, 0, -100, -100] and x[2:].abs().sum() == 0
+    with pytest.raises(ValueError, match="longer than the longest bucket"):
+        collate([(torch.ones(28, 2), 0)])
+
+
+def test_compiled_training_compiles_once_per_length_bucket(tmp_path, monkeypatch):
+    """An epoch of ragged batches (more distinct lengths than buckets) through the compiled
+    model: one compilation per length bucket used by training, one per bucket used by
+    evaluation (no_grad, eval mode), none per batch."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    from mstr_kernels.training import trainer
+    from mstr_kernels.training.batching import length_buckets
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+    made = []
+
+    def compile_counted(model, device, *, mode=None, graphs=8):
+        made.append(graphs)
+        return trainer.compile_model.__wrapped__(model, device, mode=mode, backend=counter,
+                                                 graphs=graphs)
+    compile_counted.__wrapped__ = trainer.compile_model
+    monkeypatch.setattr(trainer, "compile_model", compile_counted)
+    bundle = build_dataset("synthetic", **TINY_DATA)
+    fold = bundle.folds[0]
+    # TODO-before-merge: default backend once ops' compile fixes are in main
+    model_config = tiny_model_config(bundle, backend="cpu")
+    build_model("mstr", model_config)(torch.randn(1, 9, bundle.feature_dim))
+    config = TrainConfig(epochs=1, lr=1e-3, batch_size=8, compile=True, progress=False)
+    result = train_run("mstr", model_config, bundle, fold, config, seed=0,
+                       run_dir=str(tmp_path))
+    assert np.isfinite(result.valid["loss"])
+    unit = model_config.p ** model_config.levels
+    lengths = {name: [int(n) for n in getattr(fold, name).lengths]
+               for name in ("train", "valid", "test")}
+    buckets = length_buckets(max(max(v) for v in lengths.values()), unit)
+    sampler = LengthBucketBatchSampler(lengths["train"], 8, seed=0)
+    batch_max = [max(lengths["train"][i] for i in b) for b in sampler.global_batches()]
+    padded = {next(b for b in buckets if b >= n) for n in batch_max}
+    eval_max = [max(sorted(v)[s:s + 16]) for v in (lengths["valid"], lengths["test"])
+                for s in range(0, len(v), 16)]
+    eval_padded = {next(b for b in buckets if b >= n) for n in eval_max}
+    assert len(set(batch_max)) > len(padded) > 1  # ragged: without buckets, more compilations
+    assert counter.frame_count == len(padded) + len(eval_padded), (counter.frame_count, padded,
+                                                                   eval_padded)
+    assert made == [2 * len(buckets) + 2]

@@ -3,7 +3,8 @@
 Each row is one (contender, pass, shape): the median time, the achieved GB/s of the op's
 compulsory traffic, its ratio to the memory floor (that traffic at the copy bandwidth measured
 in the same run, SPEC section 4), peak memory, and speedups against the reference (eager and
-torch.compile'd) on the same shape and pass.
+torch.compile'd) on the same shape and pass; the time's spread over rounds, the other processes'
+load meanwhile, and `unreliable` (why the figure is not to be trusted, or None).
 """
 from __future__ import annotations
 
@@ -85,7 +86,8 @@ def _row(contender: str, pass_: str, shape: Shape, **fields) -> dict:
            "median_ms": None, "gbs": None, "floor_ratio": None, "peak_mem_mb": None,
            "held_for_backward_mb": None, "speedup_vs_reference": None,
            "speedup_vs_compiled_reference": None, "speedup_vs_sdpa": None,
-           "speedup_vs_flex": None, "note": None}
+           "speedup_vs_flex": None, "spread": None, "other_load_cores": None,
+           "unreliable": None, "note": None}
     row.update(fields)
     return row
 
@@ -109,7 +111,8 @@ def measure(contender: Contender, shape: Shape, pass_: str, device: torch.device
             sets.append(_pass_callable(contender.fn, pass_, *inputs[-1]))
         sets[0]()  # compiles where the contender compiles, before anything is timed
         timing.synchronize(device)
-        ms = timing.median_ms(sets, device, budget_s=budget_s)
+        timed = timing.measure(sets, device, budget_s=budget_s)
+        ms = timed.median_ms
         peak = held = None
         try:  # a failure here (an OOM at the edge) keeps the time measured above
             peak, peak_why = timing.peak_memory_mb(sets[0], device)
@@ -130,6 +133,7 @@ def measure(contender: Contender, shape: Shape, pass_: str, device: torch.device
     floor_ms = nbytes / (copy_gbs * 1e9) * 1e3
     return _row(contender.name, pass_, shape, median_ms=ms, gbs=nbytes / (ms * 1e-3) / 1e9,
                 floor_ratio=ms / floor_ms, peak_mem_mb=peak, held_for_backward_mb=held,
+                **timing.noise_fields(timed),
                 note=None if peak is not None else f"peak memory not measured: {peak_why}")
 
 
@@ -187,5 +191,7 @@ def run_op_bench(sweep: Sweep, device: torch.device, copy_gbs: float, *,
 def _progress_line(r: dict) -> str:
     what = (f"{r['median_ms']:.3f} ms, {r['floor_ratio']:.2f}x floor" if r["median_ms"]
             else r["note"])
+    if r.get("unreliable"):
+        what += f" (UNRELIABLE: {r['unreliable']})"
     return (f"  {r['contender']:>18s} {r['pass']:7s} B={r['B']} H={r['H']} T={r['T']} D={r['D']} "
             f"{r['dtype']} p={r['p']} L={r['levels']}: {what}")

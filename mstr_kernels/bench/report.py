@@ -114,13 +114,41 @@ def table(rows: List[dict]) -> str:
 
 
 def model_table(rows: List[dict]) -> str:
-    head = f"{'model':>28s} {'B':>3s} {'T':>6s} {'F':>5s} {'dtype':9s} {'step ms':>10s} {'peakMB':>9s} {'x ref':>6s}  note"
+    """Wall ms per step beside busy ms (see the results' `busy_basis`)."""
+    head = (f"{'model':>20s} {'mode':>26s} {'B':>3s} {'T':>6s} {'F':>5s} {'dtype':13s} "
+            f"{'step ms':>10s} {'busy ms':>9s} {'peakMB':>9s} {'x ref':>6s}  note")
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['model']:>28s} {r['B']:>3d} {r['T']:>6d} {r['F']:>5d} {r['dtype']:9s} "
-                     f"{_fmt(r['step_ms'], '10.2f')} {_fmt(r['peak_mem_mb'], '9.1f')} "
+        lines.append(f"{r['model']:>20s} {r.get('mode', 'eager'):>26s} {r['B']:>3d} {r['T']:>6d} "
+                     f"{r['F']:>5d} {r['dtype']:13s} {_fmt(r['step_ms'], '10.2f')} "
+                     f"{_fmt(r.get('busy_ms'), '9.2f')} {_fmt(r['peak_mem_mb'], '9.1f')} "
                      f"{_fmt(r.get('speedup_vs_reference'), '6.2f')}  {(r.get('note') or '')[:80]}")
     return "\n".join(lines)
+
+
+def noise_warnings(result: dict) -> List[str]:
+    """One WARNING line per figure flagged unreliable (its spread or a co-running load)."""
+    out = []
+    for r in result.get("rows", []):
+        if r.get("unreliable"):
+            out.append(f"WARNING unreliable: {r['contender']} {r['pass']} B={r['B']} H={r['H']} "
+                       f"T={r['T']} D={r['D']} {r['dtype']}: {r['unreliable']}")
+    for r in result.get("model_rows", []):
+        if r.get("unreliable"):
+            out.append(f"WARNING unreliable: {r['model']} {r.get('mode', 'eager')} B={r['B']} "
+                       f"T={r['T']}: {r['unreliable']}")
+    return out
+
+
+def noise_summary(result: dict) -> dict:
+    """The results' `noise` entry: how many figures are flagged, and the rule."""
+    from . import timing
+    flagged = [r for key in ("rows", "model_rows") for r in result.get(key, [])
+               if r.get("unreliable")]
+    return {"unreliable_figures": len(flagged), "spread_limit": timing.SPREAD_LIMIT,
+            "load_limit_cores": timing.LOAD_LIMIT_CORES, "load_basis": timing.OtherLoad.BASIS,
+            "spread_basis": "lowest and highest median of the timed rounds (spread.min_ms, "
+                            "spread.max_ms) against the median of all calls"}
 
 
 def _find(rows, contender, pass_, cfg):
@@ -163,9 +191,10 @@ def targets(result: dict) -> List[dict]:
         held = both["held_for_backward_mb"] if both else None
         add(f"{label}: extra memory held between forward and backward (MiB)", "0", held,
             held is not None and held < 1.0, why)
-    def paper_step(model):  # the paper's training configuration, measured
-        return next((r for r in model_rows if r["model"] == model and r["B"] == 32
-                     and r["T"] == 326 and r["F"] == 1024 and r["step_ms"]), None) if on_gpu else None
+    def paper_step(model, B=32, T=326, compiled=False):  # the paper's training step, measured
+        return next((r for r in model_rows if r["model"] == model and r["B"] == B
+                     and r["T"] == T and r["F"] == 1024 and r["step_ms"]
+                     and bool(r.get("compiled")) == compiled), None) if on_gpu else None
 
     ref = paper_step("MSTR[reference]")
     for backend in FUSED_GPU:
@@ -173,6 +202,14 @@ def targets(result: dict) -> List[dict]:
         v = ref["step_ms"] / fused["step_ms"] if fused and ref else None
         add(f"MSTR training step B=32 T=326 F=1024 bf16 autocast, {backend} vs reference op",
             ">= 1.5", v, v is not None and v >= 1.5, gpu_why or "no model rows for it")
+    for B, T, bound in ((32, 326, 1.0), (8, 1024, 0.75)):
+        vanilla = paper_step("vanilla", B, T, compiled=True)
+        for backend in FUSED_GPU:
+            fused = paper_step(f"MSTR[{backend}]", B, T, compiled=True)
+            v = fused["step_ms"] / vanilla["step_ms"] if fused and vanilla else None
+            add(f"compiled MSTR[{backend}] training step / compiled vanilla step, B={B} T={T} "
+                f"F=1024 bf16 autocast", f"<= {bound}", v, v is not None and v <= bound,
+                gpu_why or "no compiled model rows for it")
     cpu = _find(rows, "cpu", "fwd+bwd", CPU_MAIN) if not on_gpu else None
     cpu_why = ("a CPU run covers it" if on_gpu else
                "no row for CPU float32 B=8 H=16 D=64 T=1024 p=3 L=4 (run without --quick)")
@@ -196,71 +233,121 @@ def targets_text(items: List[dict], device: Optional[str] = None) -> str:
     return "\n".join(lines)
 
 
-def plots(result: dict, out_dir: Path) -> List[Path]:
-    """time vs T (log-log, a line per contender) and peak memory vs T, one pair per pass and
-    per fixed (B, H, D, dtype, p, levels); plus the model's step time vs T."""
+# Contenders are told apart by colour, marker shape and size: the markers are hollow and each
+# next contender's is smaller, so that equal values (one line on another) still show all of them.
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<")
+LINESTYLES = ("-", "--", "-.", ":")
+
+
+def _style(i: int, color) -> dict:
+    return dict(color=color, marker=MARKERS[i % len(MARKERS)],
+                linestyle=LINESTYLES[i % len(LINESTYLES)], markersize=max(3.0, 11.0 - 1.5 * i),
+                markerfacecolor="none", markeredgewidth=1.4, linewidth=1.4, zorder=2 + i)
+
+
+def _memory_label(result: dict) -> str:
+    if result["env"]["device"] == "cuda":
+        return "peak memory (MiB): torch.cuda.max_memory_allocated, inputs included"
+    return ("peak CPU memory (MiB): a lower bound (torch profiler: allocations net of frees; "
+            "temporaries freed inside one op unseen)")
+
+
+def _legend_outside(fig, axes) -> None:
+    """One legend for the figure, right of the axes, so that it covers no line."""
+    handles = {}
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    fig.legend(list(handles.values()), list(handles), loc="center left",
+               bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+
+
+def plot_figures(result: dict) -> List[tuple]:
+    """(figure, file name) pairs: time vs T (log-log, a line per contender, the memory floor
+    dashed) and peak memory vs T, one pair per fixed (B, H, D, dtype, p, levels); plus the
+    model's training step (wall and busy time) and peak memory vs T."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
+    figures = []
     rows = [r for r in result["rows"] if r["median_ms"]]
     groups = {}
     for r in rows:
         groups.setdefault((r["B"], r["H"], r["D"], r["dtype"], r["p"], r["levels"]), []).append(r)
     device = result["env"]["device_name"]
-    # One color per contender across every panel and file.
+    gpu = result["env"]["device"] == "cuda"
+    # One colour and marker per contender across every panel and file.
     names = sorted({r["contender"] for r in result["rows"]})
-    color = {n: plt.get_cmap("tab10")(i % 10) for i, n in enumerate(names)}
+    style = {n: _style(i, plt.get_cmap("tab10")(i % 10)) for i, n in enumerate(names)}
+    time_label = ("median time per call (ms): triton do_bench, L2 flushed" if gpu
+                  else "median wall time per call (ms)")
     for (B, H, D, dtype, p, levels), group in groups.items():
         tag = f"B{B}-H{H}-D{D}-{dtype}-p{p}-L{levels}"
-        for metric, ylabel, fname in (("median_ms", "median time (ms)", "time"),
-                                      ("peak_mem_mb", "peak memory (MiB)", "memory")):
-            fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+        for metric, ylabel, fname in (("median_ms", time_label, "time"),
+                                      ("peak_mem_mb", _memory_label(result), "memory")):
+            fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
             for ax, pass_ in zip(axes, ("fwd", "fwd+bwd")):
                 for name in sorted({r["contender"] for r in group}):
                     pts = sorted((r["T"], r[metric]) for r in group
                                  if r["contender"] == name and r["pass"] == pass_ and r[metric])
                     if pts:
-                        ax.plot(*zip(*pts), marker="o", label=name, color=color[name])
+                        ax.plot(*zip(*pts), label=name, **style[name])
                 if metric == "median_ms":
                     floor = sorted((r["T"], r["median_ms"] / r["floor_ratio"]) for r in group
                                    if r["pass"] == pass_ and r["contender"] == group[0]["contender"])
                     if floor:
-                        ax.plot(*zip(*floor), "k--", label="memory floor")
+                        ax.plot(*zip(*floor), "k--", label="memory floor", zorder=1)
                 ax.set_xscale("log", base=2)
                 ax.set_yscale("log")
                 ax.set_xlabel("T (frames)")
-                ax.set_ylabel(ylabel)
-                ax.set_title(f"{pass_}: B={B} H={H} D={D} {dtype} p={p} L={levels}")
+                ax.set_ylabel(ylabel if len(ylabel) < 60 else ylabel.split(":")[0], fontsize=9)
+                ax.set_title(f"{pass_}: B={B} H={H} D={D} {dtype} p={p} L={levels}", fontsize=10)
                 ax.grid(True, which="both", alpha=0.3)
-                ax.legend(fontsize=8)
-            fig.suptitle(f"fractal attention on {device}")
+            _legend_outside(fig, axes)
+            fig.suptitle(f"fractal attention on {device}: {ylabel}", fontsize=10)
             fig.tight_layout()
-            path = out_dir / f"op-{fname}-{tag}.png"
-            fig.savefig(path, dpi=100)
-            plt.close(fig)
-            written.append(path)
-    sweep = [r for r in result.get("model_rows", []) if r.get("sweep") and r["step_ms"]]
+            figures.append((fig, f"op-{fname}-{tag}.png"))
+    sweep = [r for r in result.get("model_rows", []) if r.get("sweep") and r["step_ms"]
+             and not r.get("compiled")]
     if sweep:
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-        for ax, metric, ylabel in ((axes[0], "step_ms", "training step (ms)"),
+        fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+        models = sorted({r["model"] for r in sweep})
+        mstyle = {n: _style(i, plt.get_cmap("tab10")(i % 10)) for i, n in enumerate(models)}
+        for ax, metric, ylabel in ((axes[0], "step_ms", "eager training step (ms)"),
                                    (axes[1], "peak_mem_mb", "peak memory (MiB)")):
-            for name in sorted({r["model"] for r in sweep}):
+            for name in models:
                 pts = sorted((r["T"], r[metric]) for r in sweep if r["model"] == name and r[metric])
                 if pts:
-                    ax.plot(*zip(*pts), marker="o", label=name)
+                    ax.plot(*zip(*pts), label=f"{name} wall" if metric == "step_ms" else name,
+                            **mstyle[name])
+                busy = sorted((r["T"], r["busy_ms"]) for r in sweep
+                              if r["model"] == name and r.get("busy_ms"))
+                if metric == "step_ms" and busy:
+                    ax.plot(*zip(*busy), label=f"{name} busy",
+                            **dict(mstyle[name], linestyle=":", linewidth=1.0))
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.set_xlabel("T (frames)")
             ax.set_ylabel(ylabel)
             ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=8)
-        fig.suptitle(f"model training step vs T on {device} (linear vs quadratic)")
+        _legend_outside(fig, axes)
+        fig.suptitle(f"model training step vs T on {device} (linear vs quadratic); busy: "
+                     f"{'GPU kernels (profiler)' if gpu else 'CPU time in profiled ops'}; memory: "
+                     f"{'max_memory_allocated' if gpu else 'profiler lower bound'}", fontsize=10)
         fig.tight_layout()
-        path = out_dir / "model-step-vs-T.png"
-        fig.savefig(path, dpi=100)
+        figures.append((fig, "model-step-vs-T.png"))
+    return figures
+
+
+def plots(result: dict, out_dir: Path) -> List[Path]:
+    """The figures of `plot_figures`, written as PNG files into `out_dir`."""
+    import matplotlib.pyplot as plt
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fig, name in plot_figures(result):
+        path = out_dir / name
+        fig.savefig(path, dpi=100, bbox_inches="tight")  # "tight": the legend right of the axes
         plt.close(fig)
         written.append(path)
     return written

@@ -16,14 +16,17 @@ QUICK = {
     "cuda": dict(T=[1024, 4096], B=[8], H=[16], D=[64], dtype=["bfloat16"], p=[3], levels=[4]),
     "cpu": dict(T=[243, 1024], B=[1], H=[4], D=[32], dtype=["float32"], p=[3], levels=[4]),
 }
-# Model benchmark sizes: the paper's training step; --quick on CPU uses a small model.
+# Model benchmark sizes: the paper's training step; --quick on CPU uses a small model. Eager and
+# compiled rows at (B, T) and, compiled, at the sweep's compiled_sweep_T (SPEC section 4's B=8
+# T=1024 target); with --quick only the first backend and vanilla are compiled too.
 MODEL = {"cuda": dict(B=32, T=326, F_dim=1024, layers=4, heads=16, sweep_T=[326, 1024, 4096, 8192],
-                      sweep_B=8),
+                      sweep_B=8, compiled_sweep_T=[1024]),
          "cpu": dict(B=8, T=326, F_dim=1024, layers=4, heads=16, sweep_T=[326, 1024, 2048],
-                     sweep_B=2)}
+                     sweep_B=2, compiled_sweep_T=[])}
 MODEL_QUICK = {"cuda": dict(B=8, T=326, F_dim=1024, layers=4, heads=16, sweep_T=[326, 2048],
-                            sweep_B=4),
-               "cpu": dict(B=2, T=163, F_dim=128, layers=1, heads=4, sweep_T=[], sweep_B=None)}
+                            sweep_B=4, compiled_sweep_T=[]),
+               "cpu": dict(B=2, T=163, F_dim=128, layers=1, heads=4, sweep_T=[], sweep_B=None,
+                           compiled_sweep_T=[])}
 PEAK_MEM_BASIS = {
     "cuda": "torch.cuda.max_memory_allocated during one call, inputs included (MiB)",
     "cpu": "torch profiler: allocations during one call net of frees, above what was live "
@@ -57,6 +60,11 @@ def register(sub):
                    help="seconds of timed repeats per measurement (default 0.5; 0.15 with --quick)")
     p.add_argument("--model", action=argparse.BooleanOptionalAction, default=True,
                    help="also run the model training-step benchmark (default: yes)")
+    p.add_argument("--compile-mode", default=None,
+                   choices=("default", "reduce-overhead", "max-autotune",
+                            "max-autotune-no-cudagraphs"),
+                   help="torch.compile mode of the compiled model rows (default: mstr train's "
+                   "on the device)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(func=run)
 
@@ -68,6 +76,7 @@ def run(args) -> int:
     import torch
 
     from mstr_kernels.bench import report
+    from mstr_kernels.bench.model_bench import BUSY_BASIS
     from mstr_kernels.bench.op_bench import Sweep, run_op_bench
     from mstr_kernels.bench.timing import copy_bandwidth_gbs
     from mstr_kernels.ops import BACKENDS, available_backends
@@ -93,11 +102,13 @@ def run(args) -> int:
     print(f"device-to-device copy: {copy_gbs:.1f} GB/s (bytes read + written): the memory floor")
     result = {"env": env, "copy_gbs": copy_gbs, "rows": [], "model_rows": [],
               "model_skipped": "not run yet" if args.model else "--no-model",
-              "peak_mem_basis": PEAK_MEM_BASIS[device_type]}
+              "peak_mem_basis": PEAK_MEM_BASIS[device_type],
+              "busy_basis": BUSY_BASIS[device_type]}
 
     def save():
         if args.json:
             result["targets"] = report.targets(result)
+            result["noise"] = report.noise_summary(result)
             path = Path(args.json)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(result, indent=1) + "\n")
@@ -130,7 +141,11 @@ def run(args) -> int:
                         F_dim=model_cfg["F_dim"], sweep_T=[] if main else model_cfg["sweep_T"],
                         sweep_B=model_cfg["sweep_B"], num_layers=model_cfg["layers"],
                         num_heads=model_cfg["heads"], budget_s=4 * budget,
-                        rows=result["model_rows"], on_row=save, include_main=main)
+                        rows=result["model_rows"], on_row=save, include_main=main,
+                        compiled=([f"MSTR[{b}]" for b in model_backends[:1]] + ["vanilla"]
+                                  if args.quick else None),
+                        compiled_sweep_T=model_cfg["compiled_sweep_T"],
+                        compile_mode=args.compile_mode)
         result["model_skipped"] = None
 
     what = "the op benchmark"
@@ -150,12 +165,20 @@ def run(args) -> int:
                                                  r["H"], r["D"], r["T"]))
     result["rows"] = rows
     result["targets"] = report.targets(result)
+    result["noise"] = report.noise_summary(result)
 
     print()
     print(report.table(rows))
     if result["model_rows"]:
         print()
         print(report.model_table(result["model_rows"]))
+        print(f"busy ms: {result['busy_basis']}")
+    warnings = report.noise_warnings(result)
+    if warnings:
+        print()
+        print("\n".join(warnings))
+        print(f"{len(warnings)} figure(s) unreliable: rerun on a quiet machine "
+              f"(the JSON marks them: rows' `unreliable`)")
     if result.get("interrupted"):
         print(f"\nINTERRUPTED {result['interrupted']}: the results are partial")
     print(f"\nSPEC section 4 targets measurable on {device_type}:")

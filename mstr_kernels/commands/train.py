@@ -3,6 +3,8 @@
 Works under `torchrun` (DDP). `mstr train --dataset synthetic` needs no download;
 `--quick` makes it a short demo run."""
 
+import argparse
+
 # the short synthetic run behind --quick (make demo): small data, few epochs
 QUICK_DATASET_OPTIONS = {"num_train": 640, "num_valid": 160, "num_test": 160, "max_len": 160}
 QUICK_EPOCHS = 6
@@ -36,7 +38,14 @@ def register(sub):
                    "and mask by lengths")
     p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
                    help="autocast dtype (default none: float32)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the model, batches padded to a few fixed lengths "
+                   "(default: on CUDA yes, on the CPU no)")
+    p.add_argument("--compile-mode", default=None,
+                   choices=("default", "reduce-overhead", "max-autotune",
+                            "max-autotune-no-cudagraphs"),
+                   help="torch.compile mode (default: max-autotune-no-cudagraphs on CUDA, "
+                   "default on the CPU)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--workers", type=int, default=None,
                    help="DataLoader workers (default 4 on CUDA, 0 on CPU)")
@@ -100,7 +109,8 @@ def build_configs(args, bundle):
     train = TrainConfig(epochs=epochs, lr=lr,
                         batch_size=args.batch_size or preset.get("batch_size", 32),
                         fixed_length=fixed, select_metric=preset.get("select_metric", "UA"),
-                        amp=args.amp, compile=args.compile, device=args.device,
+                        amp=args.amp, compile=args.compile, compile_mode=args.compile_mode,
+                        device=args.device,
                         workers=args.workers, log_every=args.log_every,
                         checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
     return MSTRConfig(**model_kw), train

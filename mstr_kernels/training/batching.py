@@ -1,13 +1,20 @@
-"""Length-bucketed batches (default) and padding collation.
+"""Length-bucketed batches (default), padding collation, and the fixed padded lengths a
+compiled model trains on.
 
 Each epoch shuffles the items with a generator seeded by (seed, epoch), sorts pools of
 `pool_batches` batches by length, cuts them into batches of similar lengths and shuffles the
 batch order: little padding, still random. Under DDP every global batch is split between the
 ranks (rank r takes items r, r+W, ...), so W processes see exactly the global batches of one
 (except that a last batch of fewer than W items joins the one before).
+
+A compiled model (`torch.compile(dynamic=False)`) compiles once per input shape, so for it
+`PadCollate(buckets=..., rows=...)` pads every batch to one of a few fixed lengths
+(`length_buckets`: multiples of p**levels) and to a fixed number of rows (extra rows have length 0
+and the label `IGNORE_LABEL`, which cross-entropy skips): one compilation per bucket.
 """
 from __future__ import annotations
 
+import math
 from typing import Iterator, List, Optional, Sequence
 
 import torch
@@ -74,25 +81,65 @@ def sequence_lengths(dataset) -> List[int]:
     return [int(dataset[i][0].shape[0]) for i in range(len(dataset))]
 
 
+# The label of a padding row: F.cross_entropy's default ignore_index, so it adds no loss.
+IGNORE_LABEL = -100
+
+
+def length_buckets(max_length: int, unit: int) -> List[int]:
+    """The padded lengths for items of up to `max_length` frames: multiples of `unit` (MSTR's
+    p**levels, the longest window) by 1, 2, 3, 4, 6, 8, 12, ... (each step at most 2x, from 2 on
+    at most 1.5x, so padding adds at most half of a batch's frames), the last one covering
+    `max_length`: few (9 up to 21 units), so a compiled model compiles few times."""
+    if max_length < 1 or unit < 1:
+        raise ValueError(f"max_length={max_length} and unit={unit} must be >= 1")
+    top = math.ceil(max_length / unit)
+    ladder = sorted({m << i for i in range(top.bit_length()) for m in (1, 3)})
+    return [k * unit for k in ladder if k < top] + [top * unit]
+
+
 class PadCollate:
     """Items (features (T, F), label) -> (x (B, T_max, F), lengths (B,), labels (B,)).
 
-    fixed_length=None pads to the longest item of the batch; fixed_length=N pads or cuts every
-    item to N frames (the paper's protocol; lengths are then cut to N too)."""
+    fixed_length=None pads to the longest item of the batch, or with `buckets` (ascending
+    lengths) to the shortest bucket that holds it; fixed_length=N pads or cuts every item to N
+    frames (the paper's protocol; lengths are then cut to N too). `rows`: pad the batch to this
+    many rows (length 0, label IGNORE_LABEL), so that every batch has the same shape."""
 
-    def __init__(self, fixed_length: Optional[int] = None):
+    def __init__(self, fixed_length: Optional[int] = None, buckets: Optional[Sequence[int]] = None,
+                 rows: Optional[int] = None):
         if fixed_length is not None and fixed_length < 1:
             raise ValueError(f"fixed_length={fixed_length} must be >= 1 or None")
-        self.fixed_length = fixed_length
+        if buckets is not None and (not buckets or list(buckets) != sorted(buckets)
+                                    or buckets[0] < 1):
+            raise ValueError(f"buckets={buckets} must be ascending lengths >= 1")
+        if rows is not None and rows < 1:
+            raise ValueError(f"rows={rows} must be >= 1 or None")
+        self.fixed_length, self.rows = fixed_length, rows
+        self.buckets = list(buckets) if buckets is not None else None
+
+    def padded_length(self, longest: int) -> int:
+        if self.fixed_length is not None:
+            return self.fixed_length
+        if self.buckets is None:
+            return max(longest, 1)
+        for b in self.buckets:
+            if b >= longest:
+                return b
+        raise ValueError(f"an item of {longest} frames is longer than the longest bucket "
+                         f"{self.buckets[-1]}")
 
     def __call__(self, items):
         feats = [torch.as_tensor(f) for f, _ in items]
         if self.fixed_length is not None:
             feats = [f[:self.fixed_length] for f in feats]
-        lengths = torch.tensor([f.shape[0] for f in feats], dtype=torch.int64)
-        T = self.fixed_length if self.fixed_length is not None else max(int(lengths.max()), 1)
-        x = feats[0].new_zeros((len(feats), T, feats[0].shape[1]))
+        n = len(feats)
+        rows = max(n, self.rows or 0)
+        lengths = torch.zeros(rows, dtype=torch.int64)
+        lengths[:n] = torch.tensor([f.shape[0] for f in feats], dtype=torch.int64)
+        T = self.padded_length(int(lengths.max()))
+        x = feats[0].new_zeros((rows, T, feats[0].shape[1]))
         for i, f in enumerate(feats):
             x[i, :f.shape[0]] = f
-        labels = torch.tensor([int(y) for _, y in items], dtype=torch.int64)
+        labels = torch.full((rows,), IGNORE_LABEL, dtype=torch.int64)
+        labels[:n] = torch.tensor([int(y) for _, y in items], dtype=torch.int64)
         return x, lengths, labels

@@ -2,7 +2,10 @@
 selection on the validation part only (SPEC section 3), checkpoints that resume bit-exactly.
 
 The step loop never synchronizes the device except to log: the running loss stays a device
-tensor and is read every `log_every` steps.
+tensor and is read every `log_every` steps; Adam is the fused one (which also takes fp16's
+gradient scaling without a host read). On CUDA the model is compiled by default
+(`models.training_speed`), with batches padded to a few fixed lengths and a fixed number of rows,
+so that it compiles once per length bucket.
 """
 from __future__ import annotations
 
@@ -18,7 +21,10 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..models import MSTRConfig, build_model
-from .batching import LengthBucketBatchSampler, PadCollate, sequence_lengths
+from ..models.training_speed import (COMPILE_MODES, compile_by_default, compile_model,
+                                     make_adam)
+from .batching import (IGNORE_LABEL, LengthBucketBatchSampler, PadCollate, length_buckets,
+                       sequence_lengths)
 from .checkpoint import load_checkpoint, prefixed, restore_optimizer, save_checkpoint
 from .distributed import DistContext, all_gather_rows
 from .metrics import METRICS, classification_metrics
@@ -35,7 +41,8 @@ class TrainConfig:
     fixed_length: Optional[int] = None  # None: pad per batch + lengths masks; N: paper protocol
     select_metric: str = "UA"
     amp: str = "none"
-    compile: bool = False
+    compile: Optional[bool] = None  # None: on CUDA yes, on the CPU no (models.training_speed)
+    compile_mode: Optional[str] = None  # None: the device's default (models.training_speed)
     device: str = "auto"
     workers: Optional[int] = None  # None: 4 on CUDA (loading overlaps compute), 0 on CPU
     log_every: int = 10
@@ -51,6 +58,8 @@ class TrainConfig:
             raise ValueError(f"batch_size={self.batch_size} must be >= 1")
         if self.amp not in AMP_DTYPES:
             raise ValueError(f"amp={self.amp!r} must be one of {sorted(AMP_DTYPES)}")
+        if self.compile_mode is not None and self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode={self.compile_mode!r} must be one of {COMPILE_MODES}")
         if self.select_metric not in METRICS:
             raise ValueError(f"select_metric={self.select_metric!r} must be one of {METRICS}")
 
@@ -86,6 +95,17 @@ def _autocast(device: torch.device, amp: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def _batch_shapes(model_config: MSTRConfig, datasets, config: "TrainConfig", world_size: int):
+    """(buckets, rows) for PadCollate when the model is compiled: lengths on the bucket ladder
+    of unit p**levels up to the longest item of any split (fixed_length: that one length), and
+    each process's share of a global batch as the row count."""
+    rows = -(-config.batch_size // world_size)
+    if config.fixed_length is not None:
+        return None, rows
+    longest = max(max(sequence_lengths(d), default=1) for d in datasets)
+    return length_buckets(longest, model_config.p ** model_config.levels), rows
+
+
 def _loader(dataset, batch_sampler, collate, device, workers, generator=None):
     if workers is None:
         workers = 4 if device.type == "cuda" else 0
@@ -98,20 +118,23 @@ def _loader(dataset, batch_sampler, collate, device, workers, generator=None):
 def evaluate_model(model, dataset, num_classes: int, *, batch_size: int = 64,
                    fixed_length: Optional[int] = None, device=torch.device("cpu"),
                    amp: str = "none", ctx: DistContext = DistContext(),
-                   workers: Optional[int] = 0) -> dict:
+                   workers: Optional[int] = 0, buckets=None, pad_rows: Optional[int] = None) -> dict:
     """Metrics (WA, UA, WF1, loss) over a dataset; under DDP each rank runs a shard and the
-    predictions are gathered, so every rank returns the metrics of the whole dataset."""
+    predictions are gathered, so every rank returns the metrics of the whole dataset.
+    `buckets`, `pad_rows`: pad batches to fixed shapes (a compiled model; see PadCollate)."""
     was_training = model.training
     model.eval()
     lengths = sequence_lengths(dataset)
     mine = sorted(range(ctx.rank, len(dataset), ctx.world_size), key=lambda i: lengths[i])
     batches = [mine[s:s + batch_size] for s in range(0, len(mine), batch_size)]
     rows = []
-    for (x, lens, y), idx in zip(_loader(dataset, batches, PadCollate(fixed_length), device,
-                                         workers), batches):
+    collate = PadCollate(fixed_length, buckets=buckets, rows=pad_rows)
+    for (x, lens, y), idx in zip(_loader(dataset, batches, collate, device, workers), batches):
         x, lens, y = (t.to(device, non_blocking=True) for t in (x, lens, y))
         with _autocast(device, amp):
             logits = model(x, None if fixed_length else lens)
+        # padding rows (PadCollate's `rows`) come last: only the items' rows count
+        logits, y = logits[:len(idx)], y[:len(idx)]
         loss = F.cross_entropy(logits.float(), y, reduction="none")
         rows.append(torch.stack([torch.tensor(idx, device=device, dtype=torch.float64),
                                  y.double(), logits.argmax(-1).double(), loss.double()], 1))
@@ -137,7 +160,7 @@ def train_run(model_name: str, model_config: MSTRConfig, bundle, fold, config: T
     seed_everything(seed)
     model = build_model(model_name, model_config).to(device)  # same init on every rank
     torch.manual_seed(seed * 1009 + ctx.rank + 1)  # each rank's own dropout stream
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = make_adam(model.parameters(), config.lr, device)
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
     meta_base = {"model": model_name, "config": model_config.to_dict(),
                  "class_names": list(bundle.class_names), "extractor": bundle.extractor,
@@ -175,17 +198,31 @@ def train_run(model_name: str, model_config: MSTRConfig, bundle, fold, config: T
     if ctx.enabled:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    if config.compile:
-        net = torch.compile(net)
-    eval_net = torch.compile(model) if config.compile else model
+    compiling = config.compile if config.compile is not None else compile_by_default(device)
+    buckets, rows, eval_rows = None, None, None
+    eval_net = model
+    if compiling:
+        buckets, rows = _batch_shapes(model_config, (fold.train, fold.valid, fold.test), config,
+                                      ctx.world_size)
+        eval_rows = 2 * config.batch_size
+        # One graph per bucket for training and one for evaluation (grad mode and
+        # train/eval differ), and a spare for a last batch too big to pad (see the sampler).
+        graphs = 2 * len(buckets or [0]) + 2
+        compiled = compile_model(net, device, mode=config.compile_mode, graphs=graphs)
+        # DDP's wrapper is for training steps: evaluation compiles the bare model
+        eval_net = compiled if net is model else compile_model(model, device,
+                                                               mode=config.compile_mode,
+                                                               graphs=graphs)
+        net = compiled
 
     sampler = LengthBucketBatchSampler(sequence_lengths(fold.train), config.batch_size,
                                        seed=seed, rank=ctx.rank, world_size=ctx.world_size)
-    collate = PadCollate(config.fixed_length)
+    collate = PadCollate(config.fixed_length, buckets=buckets, rows=rows)
     loader = _loader(fold.train, sampler, collate, device, config.workers,
                      generator=torch.Generator().manual_seed(seed))
     eval_kw = dict(batch_size=2 * config.batch_size, fixed_length=config.fixed_length,
-                   device=device, amp=config.amp, ctx=ctx, workers=config.workers)
+                   device=device, amp=config.amp, ctx=ctx, workers=config.workers,
+                   buckets=buckets, pad_rows=eval_rows)
 
     def checkpoint(path, position, finished=False, result=None):
         rng = {f"rng.rank{r}.{k}": v for r, state in enumerate(_gather_rng(ctx, device))
@@ -209,7 +246,8 @@ def train_run(model_name: str, model_config: MSTRConfig, bundle, fold, config: T
         running_items, running_frames, window_start = 0, 0, time.perf_counter()
         epoch_start = time.perf_counter()
         for batch_index, (x, lengths, y) in enumerate(loader, start=start_batch):
-            frames = int(lengths.sum())  # CPU tensor from the collate: no device sync
+            # CPU tensors from the collate: no device sync
+            frames, items = int(lengths.sum()), int((y != IGNORE_LABEL).sum())
             x, lengths, y = (t.to(device, non_blocking=True) for t in (x, lengths, y))
             with _autocast(device, config.amp):
                 logits = net(x, None if config.fixed_length else lengths)
@@ -223,7 +261,7 @@ def train_run(model_name: str, model_config: MSTRConfig, bundle, fold, config: T
             scaler.update()
             global_step += 1
             running_loss += loss_sum.detach()
-            running_items += y.shape[0]
+            running_items += items
             running_frames += frames
             train_samples += global_sizes[batch_index]
             bar.update(1)
