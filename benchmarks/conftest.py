@@ -3,6 +3,8 @@ CPU; `--bench-device cuda` runs them on a GPU, the model step at the paper's siz
 import pytest
 import torch
 
+from mstr_kernels.ops import BACKENDS, available_backends
+
 
 def pytest_addoption(parser):
     parser.addoption("--bench-device", default="cpu", choices=["cpu", "cuda"],
@@ -15,3 +17,16 @@ def device(request):
     if name == "cuda" and not torch.cuda.is_available():
         pytest.skip("--bench-device cuda: no CUDA GPU is visible to torch")
     return torch.device(name)
+
+
+@pytest.fixture(scope="session")
+def require_backend():
+    """`require_backend(name, device)` skips (with the reason) when backend `name` is not built
+    here or not for `device`."""
+    def check(name, device):
+        why = available_backends()[name]
+        if why is None and device.type not in BACKENDS[name].devices:
+            why = f"runs on {BACKENDS[name].devices}, not {device.type}"
+        if why:
+            pytest.skip(f"backend {name!r} unavailable: {why}")
+    return check

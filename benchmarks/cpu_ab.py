@@ -20,10 +20,16 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+TIMING = str(Path(__file__).resolve().parent.parent / "mstr_kernels" / "bench" / "timing.py")
 ONE_ROUND = r"""
-import importlib.machinery, importlib.util, json, statistics, sys, time, torch
+import importlib.machinery, importlib.util, json, sys, torch
 path, in_cache, layout = sys.argv[1], sys.argv[2] == "1", sys.argv[3]
+# The project's timer, loaded from its file: importing mstr_kernels would load its own _C.
+spec = importlib.util.spec_from_file_location("mstr_timing", sys.argv[4])
+timing = sys.modules["mstr_timing"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(timing)
 loader = importlib.machinery.ExtensionFileLoader("_C", path)
 ext = importlib.util.module_from_spec(importlib.util.spec_from_file_location("_C", path, loader=loader))
 loader.exec_module(ext)
@@ -40,11 +46,8 @@ dout = torch.randn(B, H, T, D)
 fwd = lambda: ext.fractal_attention_fwd(q, k, v, None, 3, 4, D ** -0.5)
 bwd = lambda: ext.fractal_attention_bwd(dout, q, k, v, None, 3, 4, D ** -0.5)
 def median_ms(fn, n=7):
-    fn(); fn()
-    times = []
-    for _ in range(n):
-        start = time.perf_counter(); fn(); times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    return timing.measure([fn], torch.device("cpu"), budget_s=0, min_reps=n, max_reps=n,
+                          warmup=2, rounds=1).median_ms
 if in_cache:
     tiles = B * H * 13
     best = lambda fn, n: min(median_ms(fn, 1) for _ in range(n)) * 1e3 / tiles
@@ -73,7 +76,7 @@ def main() -> None:
     for _ in range(args.rounds):
         for path in args.builds:
             out = subprocess.run([sys.executable, "-c", ONE_ROUND, path, "1" if args.in_cache else "0",
-                                  args.layout],
+                                  args.layout, TIMING],
                                  capture_output=True, text=True, check=True).stdout
             runs[path].append(json.loads(out.strip().splitlines()[-1]))
             if args.per_round:

@@ -15,18 +15,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
+from mstr_kernels.bench.timing import call_ms
 from mstr_kernels.ops.fractal_attention import fractal_attention
 from mstr_kernels.ops.reference import fractal_attention_reference
 
+CPU = torch.device("cpu")
+
 
 def seconds(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+    return call_ms(fn, CPU) * 1e-3
 
 
 def main() -> None:

@@ -4,24 +4,24 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mstr_kernels.bench.timing import synchronized
 from mstr_kernels.models import MSTR, MSTRConfig, VanillaTransformer
+from mstr_kernels.models.training_speed import make_adam
 from mstr_kernels.ops import available_backends
-
-from bench_helpers import skip_unless_backend_runs, synchronized
 
 
 @pytest.mark.parametrize("name", [f"MSTR[{n}]" for n in available_backends()] + ["vanilla"])
-def test_training_step(benchmark, device, name):
+def test_training_step(benchmark, device, require_backend, name):
     backend = name[5:-1] if name.startswith("MSTR[") else "auto"
     if backend != "auto":
-        skip_unless_backend_runs(backend, device)
+        require_backend(backend, device)
     gpu = device.type == "cuda"
     B, T, F_dim, layers, heads = (32, 326, 1024, 4, 16) if gpu else (2, 163, 128, 1, 4)
     cfg = MSTRConfig(feature_dim=F_dim, num_classes=4, num_layers=layers, num_heads=heads, p=3,
                      levels=4, dropout=0.1, backend=backend)
     torch.manual_seed(0)
     model = (MSTR if name != "vanilla" else VanillaTransformer)(cfg).to(device).train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    opt = make_adam(model.parameters(), 1e-4, device)  # as `mstr train` makes it
     x = torch.randn(B, T, F_dim, device=device)
     lengths = torch.randint(T // 2, T + 1, (B,), device=device)
     labels = torch.randint(0, 4, (B,), device=device)

@@ -5,9 +5,8 @@ import torch
 import torch.nn.functional as F
 
 import mstr_kernels
+from mstr_kernels.bench.timing import synchronized
 from mstr_kernels.ops import available_backends
-
-from bench_helpers import skip_unless_backend_runs, synchronized
 
 SHAPE = dict(B=2, H=4, T=512, D=32)
 P, LEVELS = 3, 4
@@ -27,9 +26,9 @@ def op(name):
 
 @pytest.mark.parametrize("pass_", ["fwd", "fwd+bwd"])
 @pytest.mark.parametrize("name", contenders())
-def test_op(benchmark, device, name, pass_):
+def test_op(benchmark, device, require_backend, name, pass_):
     if name != "sdpa-full":
-        skip_unless_backend_runs(name, device)
+        require_backend(name, device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     grad = pass_ == "fwd+bwd"
     q, k, v, dout = (torch.randn(SHAPE["B"], SHAPE["H"], SHAPE["T"], SHAPE["D"], device=device,

@@ -4,9 +4,10 @@
         --config '{"level1_first": 0}' --config '{"level1_first": 1, "maxnreg": 128}'
 
 Each --config is a JSON object of knobs (TUNING keys of the kind) applied over the current
-TUNING. Every round times each configuration once (triton.testing.do_bench, median), so slow
-drifts of the machine hit all of them alike; the table gives each configuration's median over
-rounds, its spread (max - min over rounds) and its ratio to the memory floor. Outputs of every
+TUNING. Every round times each configuration once (mstr_kernels.bench.timing, do_bench's
+median), so slow drifts of the machine hit all of them alike; the table gives each
+configuration's median over rounds, its spread (max - min over rounds) and its ratio to the
+memory floor. Outputs of every
 configuration are compared with the first one's: a mismatch beyond rounding marks it WRONG.
 q, k, v are views of one (B, T, 3, H, D) projection, as the model passes them.
 """
@@ -21,8 +22,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import torch  # noqa: E402
-from triton.testing import do_bench  # noqa: E402
-
+from mstr_kernels.bench import timing  # noqa: E402
 from mstr_kernels.ops import triton_fractal as tf  # noqa: E402
 from triton_tune import add_shape_arguments, shape_inputs  # noqa: E402  (this folder)
 
@@ -74,7 +74,8 @@ def main(argv=None) -> int:
                 plan = list(tf._PLAN_CACHE.values())[-1]
                 notes[i] = (f"{plan[1]} programs/SM, cap {plan[0].get('maxnreg', 'none')}; "
                             + notes[i]).rstrip("; ")
-            times[i].append(do_bench(call, warmup=10, rep=100, return_mode="median") * 1e-3)
+            times[i].append(timing.median_ms([call], torch.device("cuda"), budget_s=0.1,
+                                             rounds=1) * 1e-3)
     tf.set_tuning(args.kind, **base)
     print(f"{torch.cuda.get_device_name()}, {args.kind}, B={B} H={H} T={T} D={D} p={p} "
           f"levels={levels} bf16; copy {bandwidth / 1e9:.0f} GB/s, floor {floor * 1e6:.1f} us; "

@@ -25,13 +25,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import torch  # noqa: E402
 import triton  # noqa: E402
-from triton.testing import do_bench  # noqa: E402
-
+from mstr_kernels.bench import timing  # noqa: E402
 from mstr_kernels.ops import triton_fractal as tf  # noqa: E402
+
+CUDA = torch.device("cuda")
 
 # Greedy order: the knobs predicted to matter most first. The scratch bound sets how many
 # programs run at once and so how much of L2 the scratch and the re-read input rows need
-# (benchmarks/NOTES.md: the forward moved 2.4x the bytes it must at 32 MiB).
+# (benchmarks/NOTES.md, "First H100 run", has what the forward moved at each bound).
 CANDIDATES = {
     "level1_first": [0, 1],  # forward only
     "scratch_mb": [8, 12, 16, 24, 32, 64],
@@ -45,10 +46,7 @@ CANDIDATES = {
 
 def copy_bandwidth(nbytes: int) -> float:
     """Bytes per second of a device-to-device copy (read + write counted; median time)."""
-    src = torch.empty(nbytes // 2, dtype=torch.bfloat16, device="cuda")
-    dst = torch.empty_like(src)
-    ms = do_bench(lambda: dst.copy_(src), warmup=25, rep=200, return_mode="median")
-    return 2 * nbytes / (ms * 1e-3)
+    return timing.copy_bandwidth_gbs(CUDA, nbytes, budget_s=0.2) * 1e9
 
 
 def projection_inputs(B: int, H: int, T: int, D: int, dtype=torch.bfloat16):
@@ -113,7 +111,7 @@ def main(argv=None) -> int:
         plans = list(tf._PLAN_CACHE.values())
         info = (f"{plans[-1][1]} programs/SM, cap {plans[-1][0].get('maxnreg', 'none')}"
                 if plans else "")
-        return do_bench(calls[kind], warmup=10, rep=100, return_mode="median") * 1e-3, info
+        return timing.median_ms([calls[kind]], CUDA, budget_s=0.1, rounds=1) * 1e-3, info
 
     chosen = {}
     for kind in args.kinds:

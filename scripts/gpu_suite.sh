@@ -10,9 +10,9 @@
 #    wrote; copy them into benchmarks/results/ and commit them.
 # Where the tree is a copy without .git, set MSTR_BENCH_COMMIT to the commit it was taken from.
 # GPU_SUITE_STEPS picks the steps (default "parity bench"; the build always runs): on an H100
-# the parity step took 345 s in one process and the benchmarks 230 s; parity now runs on 4
-# pytest-xdist workers where xdist is installed, to fit both in one 10-minute call (otherwise
-# the parity step stops at half the time left and the benchmarks still run). The step "tune" runs benchmarks/triton_tune.py
+# each takes minutes (the step times are in benchmarks/NOTES.md and the results' .log files);
+# parity runs on 4 pytest-xdist workers where xdist is installed, to fit both in one 10-minute
+# call (otherwise the parity step stops at half the time left and the benchmarks still run). The step "tune" runs benchmarks/triton_tune.py
 # first and benchmarks the Triton backend with the knobs it found (MSTR_KERNELS_TRITON_TUNING;
 # the results file records them under env.triton_tuning; commit them to TUNING afterwards).
 # Each step has a time limit so that the whole stays under 10 minutes (GPU_SUITE_LIMIT_S, default

@@ -23,6 +23,7 @@ import torch
 CPU_ROTATE_BYTES = 64 * 2 ** 20
 MAX_INPUT_SETS = 8
 ROUNDS = 5
+_CPU = torch.device("cpu")
 # A figure is unreliable when its rounds' medians spread by more than this fraction of it...
 SPREAD_LIMIT = 0.25
 # ...or when other processes kept more than this many cores busy on average while it was timed
@@ -50,6 +51,16 @@ def synchronized(fn: Callable[[], object], device: torch.device) -> Callable[[],
         torch.cuda.synchronize(device)
         return result
     return run
+
+
+def call_ms(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall milliseconds of one synchronized call (for scripts that interleave their own
+    rounds; `measure` is the timer with warm-up, rounds and spread)."""
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return 1e3 * (time.perf_counter() - start)
 
 
 def input_sets_needed(device: torch.device, bytes_per_set: int) -> int:
@@ -170,10 +181,7 @@ def _rounds_cpu(fns, budget_s, min_reps, max_reps, warmup, rounds) -> List[List[
     rounds = max(1, min(rounds, reps))
     times: List[List[float]] = [[] for _ in range(rounds)]
     for i in range(reps):
-        fn = fns[i % len(fns)]
-        start = time.perf_counter()
-        fn()
-        times[i * rounds // reps].append(1e3 * (time.perf_counter() - start))
+        times[i * rounds // reps].append(call_ms(fns[i % len(fns)], _CPU))
     return times
 
 
