@@ -332,9 +332,9 @@ def plot_figures(result: dict) -> List[tuple]:
             ax.set_ylabel(ylabel)
             ax.grid(True, which="both", alpha=0.3)
         _legend_outside(fig, axes)
-        fig.suptitle(f"model training step vs T on {device} (linear vs quadratic); busy: "
-                     f"{'GPU kernels (profiler)' if gpu else 'CPU time in profiled ops'}; memory: "
-                     f"{'max_memory_allocated' if gpu else 'profiler lower bound'}", fontsize=10)
+        fig.suptitle(f"model training step vs T on {device} (linear vs quadratic): wall time"
+                     + (", busy = GPU kernels (profiler)" if gpu else "") + "; memory: "
+                     + ("max_memory_allocated" if gpu else "profiler lower bound"), fontsize=10)
         fig.tight_layout()
         figures.append((fig, "model-step-vs-T.png"))
     return figures

@@ -28,7 +28,14 @@ _CPU = torch.device("cpu")
 SPREAD_LIMIT = 0.25
 # ...or when other processes kept more than this many cores busy on average while it was timed
 # (at least half a core, or a tenth of the machine's cores).
-LOAD_LIMIT_CORES = max(0.5, 0.1 * (os.cpu_count() or 1))
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+LOAD_LIMIT_CORES = max(0.5, 0.1 * _cores())
 
 
 def is_oom(err: BaseException) -> bool:
@@ -94,15 +101,25 @@ class OtherLoad:
 
 
 def _machine_busy_s() -> Optional[float]:
-    """Seconds of CPU time spent busy by the whole machine since boot (Linux), else None."""
+    """Seconds of CPU time spent busy since boot by the cores this process may run on (Linux's
+    per-core lines of /proc/stat), else None."""
+    try:
+        mine = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        mine = None
     try:
         with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
+            lines = [ln.split() for ln in f if ln.startswith("cpu") and ln[3:4].isdigit()]
+    except OSError:
         return None
-    # user nice system idle iowait irq softirq steal ...: busy is all but idle and iowait
-    busy = sum(fields[:8]) - fields[3] - fields[4]
-    return busy / os.sysconf("SC_CLK_TCK")
+    busy = 0
+    for name, *values in lines:
+        if mine is not None and int(name[3:]) not in mine:
+            continue
+        # user nice system idle iowait irq softirq steal ...: busy is all but idle and iowait
+        fields = [int(x) for x in values[:8]]
+        busy += sum(fields) - fields[3] - fields[4]
+    return busy / os.sysconf("SC_CLK_TCK") if lines else None
 
 
 @dataclass
@@ -133,7 +150,7 @@ def noise_verdict(t: Timing, *, spread_limit: float = SPREAD_LIMIT,
         why.append(f"rounds spread {100 * t.spread:.0f}% (round medians {t.min_ms:.4g} to "
                    f"{t.max_ms:.4g} ms, limit {100 * spread_limit:.0f}%)")
     if t.other_load_cores is not None and t.other_load_cores > load_limit:
-        why.append(f"other processes kept {t.other_load_cores:.1f} of {os.cpu_count()} cores "
+        why.append(f"other processes kept {t.other_load_cores:.1f} of {_cores()} cores "
                    f"busy (limit {load_limit:.1f})")
     return "; ".join(why) or None
 
