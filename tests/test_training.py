@@ -395,3 +395,36 @@ def test_compiled_training_compiles_once_per_length_bucket(tmp_path, monkeypatch
     assert counter.frame_count == len(padded) + len(eval_padded), (counter.frame_count, padded,
                                                                    eval_padded)
     assert made == [2 * len(buckets) + 2]
+
+
+def test_compile_defaults_flags_and_fused_adam(tmp_path, monkeypatch):
+    """`mstr train` compiles by default on CUDA only; --compile / --no-compile / --compile-mode
+    reach the config; the CPU default trains eager (nothing compiled) with fused Adam."""
+    from mstr_kernels.cli import build_parser
+    from mstr_kernels.commands.train import build_configs
+    from mstr_kernels.models import training_speed
+    from mstr_kernels.training import trainer
+    assert training_speed.compile_by_default(torch.device("cuda"))
+    assert not training_speed.compile_by_default(torch.device("cpu"))
+    assert training_speed.default_compile_mode(torch.device("cuda")) in training_speed.COMPILE_MODES
+    bundle = build_dataset("synthetic", **TINY_DATA)
+    parse = build_parser().parse_args
+    for flags, compile_, mode in (([], None, None), (["--compile"], True, None),
+                                  (["--no-compile"], False, None),
+                                  (["--compile", "--compile-mode", "reduce-overhead"], True,
+                                   "reduce-overhead")):
+        _, config = build_configs(parse(["train", "--epochs", "1", "--lr", "1e-3", *flags]), bundle)
+        assert (config.compile, config.compile_mode) == (compile_, mode), flags
+    choices = next(a for a in build_parser()._subparsers._group_actions[0].choices["train"]
+                   ._actions if a.dest == "compile_mode").choices
+    assert tuple(choices) == training_speed.COMPILE_MODES
+    with pytest.raises(ValueError, match="compile_mode='fast' must be one of"):
+        TrainConfig(epochs=1, lr=1e-3, compile_mode="fast")
+    compiled, adams = [], []
+    monkeypatch.setattr(trainer, "compile_model", lambda *a, **k: compiled.append(a))
+    real_adam = trainer.make_adam
+    monkeypatch.setattr(trainer, "make_adam", lambda *a: adams.append(real_adam(*a)) or adams[-1])
+    config = TrainConfig(epochs=1, lr=1e-3, batch_size=16, progress=False, device="cpu")
+    train_run("mstr", tiny_model_config(bundle), bundle, bundle.folds[0], config, seed=0,
+              run_dir=str(tmp_path))
+    assert compiled == [] and [a.defaults["fused"] for a in adams] == [True]
