@@ -96,12 +96,16 @@ def render_one(path: Path, result: dict) -> str:
     model_rows = result.get("model_rows") or []
     if model_rows:
         lines += ["", "Model training step (forward, backward, Adam):", "",
-                  "| model | B | T | F | precision | step ms | peak MiB | x MSTR[reference] | note |",
-                  "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- |"]
+                  "| model | mode | B | T | F | precision | step ms | busy ms | peak MiB "
+                  "| x MSTR[reference] | note |",
+                  "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- |"]
         for r in model_rows:
-            lines.append(f"| {r['model']} | {r['B']} | {r['T']} | {r['F']} | {r['dtype']} | "
-                         f"{_f(r['step_ms'], '.2f')} | {_f(r['peak_mem_mb'], '.0f')} | "
+            lines.append(f"| {r['model']} | {r.get('mode', 'eager')} | {r['B']} | {r['T']} | "
+                         f"{r['F']} | {r['dtype']} | {_f(r['step_ms'], '.2f')} | "
+                         f"{_f(r.get('busy_ms'), '.2f')} | {_f(r['peak_mem_mb'], '.0f')} | "
                          f"{_f(r.get('speedup_vs_reference'), '.2f')} | {r.get('note') or ''} |")
+        if result.get("busy_basis"):
+            lines += ["", f"Busy ms: {result['busy_basis']}."]
     elif result.get("model_skipped"):
         lines += ["", f"Model benchmark not in this file: {result['model_skipped']}."]
     lines += ["", "SPEC section 4 targets:", ""]
