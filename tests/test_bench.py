@@ -205,7 +205,7 @@ def test_unreliable_figures_are_flagged_in_rows_json_and_output(monkeypatch, tmp
     def fake_measure(fns, device, **kwargs):
         for fn in fns:
             fn()
-        noisy = next(calls) % 2 == 0  # every other figure: one round 60x slower
+        noisy = next(calls) % 2 == 0  # every other figure (copy, fwd+bwd): one round 60x slower
         return timing_from_rounds([[0.12, 0.12], [8.0 if noisy else 0.121, 0.12], [0.12]], 0.0)
     monkeypatch.setattr(timing, "measure", fake_measure)
     out = tmp_path / "r.json"
@@ -218,8 +218,11 @@ def test_unreliable_figures_are_flagged_in_rows_json_and_output(monkeypatch, tmp
     assert len(flagged) == 1 and len(result["rows"]) == 2
     assert "rounds spread" in flagged[0]["unreliable"]
     assert flagged[0]["spread"]["max_ms"] > 10 * flagged[0]["spread"]["min_ms"]
-    assert result["noise"]["unreliable_figures"] == 1
+    # the first figure timed is the copy bandwidth behind every floor ratio: flagged too
+    assert "rounds spread" in result["copy_noise"]["unreliable"]
+    assert result["noise"]["unreliable_figures"] == 2
     assert printed.count("WARNING unreliable: reference") == 1 and "UNRELIABLE" in printed
+    assert "WARNING unreliable: the copy bandwidth" in printed
 
 
 def test_plots_show_every_contender_and_say_what_they_measure():

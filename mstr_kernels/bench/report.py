@@ -129,6 +129,10 @@ def model_table(rows: List[dict]) -> str:
 def noise_warnings(result: dict) -> List[str]:
     """One WARNING line per figure flagged unreliable (its spread or a co-running load)."""
     out = []
+    copy = result.get("copy_noise") or {}
+    if copy.get("unreliable"):
+        out.append(f"WARNING unreliable: the copy bandwidth (the memory floor of every /floor "
+                   f"figure): {copy['unreliable']}")
     for r in result.get("rows", []):
         if r.get("unreliable"):
             out.append(f"WARNING unreliable: {r['contender']} {r['pass']} B={r['B']} H={r['H']} "
@@ -144,7 +148,8 @@ def noise_summary(result: dict) -> dict:
     """The results' `noise` entry: how many figures are flagged, and the rule."""
     from . import timing
     flagged = [r for key in ("rows", "model_rows") for r in result.get(key, [])
-               if r.get("unreliable")]
+               if r.get("unreliable")] + [1] * bool((result.get("copy_noise") or {}).get(
+                   "unreliable"))
     return {"unreliable_figures": len(flagged), "spread_limit": timing.SPREAD_LIMIT,
             "load_limit_cores": timing.LOAD_LIMIT_CORES, "load_basis": timing.OtherLoad.BASIS,
             "spread_basis": "lowest and highest median of the timed rounds (spread.min_ms, "

@@ -236,12 +236,18 @@ def _rounds_cuda(fn, budget_s, rounds) -> List[List[float]]:
 def copy_bandwidth_gbs(device: torch.device, nbytes: Optional[int] = None,
                        budget_s: float = 0.5) -> float:
     """Device-to-device copy bandwidth in GB/s (1e9 bytes), counting bytes read plus written."""
+    return copy_bandwidth(device, nbytes, budget_s)[0]
+
+
+def copy_bandwidth(device: torch.device, nbytes: Optional[int] = None,
+                   budget_s: float = 0.5) -> Tuple[float, Timing]:
+    """(GB/s, the copy's Timing): the bandwidth as `copy_bandwidth_gbs`, with its noise."""
     if nbytes is None:
         nbytes = 2 * 2 ** 30 if device.type == "cuda" else 256 * 2 ** 20
     src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
     dst = torch.empty_like(src)
-    ms = median_ms([lambda: dst.copy_(src)], device, budget_s=budget_s, min_reps=10)
-    return 2 * src.numel() * 4 / (ms * 1e-3) / 1e9
+    timed = measure([lambda: dst.copy_(src)], device, budget_s=budget_s, min_reps=10)
+    return 2 * src.numel() * 4 / (timed.median_ms * 1e-3) / 1e9, timed
 
 
 def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> Tuple[Optional[float], Optional[str]]:

@@ -78,7 +78,7 @@ def run(args) -> int:
     from mstr_kernels.bench import report
     from mstr_kernels.bench.model_bench import BUSY_BASIS
     from mstr_kernels.bench.op_bench import Sweep, run_op_bench
-    from mstr_kernels.bench.timing import copy_bandwidth_gbs
+    from mstr_kernels.bench.timing import copy_bandwidth, noise_fields
     from mstr_kernels.ops import BACKENDS, available_backends
 
     device_type = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -98,9 +98,12 @@ def run(args) -> int:
     env = report.environment(device)
     print(f"mstr bench on {env['device_name']} ({device_type}), torch {env['torch']}, "
           f"triton {env['triton']}, CUDA {env['cuda']}, {env['threads']} threads")
-    copy_gbs = copy_bandwidth_gbs(device, budget_s=max(budget, 0.3))
-    print(f"device-to-device copy: {copy_gbs:.1f} GB/s (bytes read + written): the memory floor")
-    result = {"env": env, "copy_gbs": copy_gbs, "rows": [], "model_rows": [],
+    copy_gbs, copy_timing = copy_bandwidth(device, budget_s=max(budget, 0.3))
+    copy_noise = noise_fields(copy_timing)
+    print(f"device-to-device copy: {copy_gbs:.1f} GB/s (bytes read + written): the memory floor"
+          + (f" (UNRELIABLE: {copy_noise['unreliable']})" if copy_noise["unreliable"] else ""))
+    result = {"env": env, "copy_gbs": copy_gbs, "copy_noise": copy_noise, "rows": [],
+              "model_rows": [],
               "model_skipped": "not run yet" if args.model else "--no-model",
               "peak_mem_basis": PEAK_MEM_BASIS[device_type],
               "busy_basis": BUSY_BASIS[device_type]}
