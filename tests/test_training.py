@@ -374,11 +374,8 @@ def test_compiled_training_compiles_once_per_length_bucket(tmp_path, monkeypatch
     monkeypatch.setattr(trainer, "compile_model", compile_counted)
     bundle = build_dataset("synthetic", **TINY_DATA)
     fold = bundle.folds[0]
-    # A named backend, loaded by one eager call: a graph break (`auto`'s logging and a first
-    # compiled call's backend load, issue 15 item 3) would add graphs per shape that have
-    # nothing to do with the buckets counted here.
-    model_config = tiny_model_config(bundle, backend="cpu")
-    build_model("mstr", model_config)(torch.randn(1, 9, bundle.feature_dim))
+    model_config = tiny_model_config(bundle)  # the default backend, "auto"; no eager call first
+    assert model_config.backend == "auto"
     config = TrainConfig(epochs=1, lr=1e-3, batch_size=8, compile=True, progress=False)
     result = train_run("mstr", model_config, bundle, fold, config, seed=0,
                        run_dir=str(tmp_path))
