@@ -427,3 +427,21 @@ def test_compile_defaults_flags_and_fused_adam(tmp_path, monkeypatch):
     train_run("mstr", tiny_model_config(bundle), bundle, bundle.folds[0], config, seed=0,
               run_dir=str(tmp_path))
     assert compiled == [] and [a.defaults["fused"] for a in adams] == [True]
+
+
+def test_compiled_training_with_default_compile_options_trains(tmp_path):
+    """`mstr train --compile` as a user gets it on the CPU: inductor, the device's default mode,
+    the default backend; one length (fixed_length), so one training and one evaluation graph."""
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    bundle = build_dataset("synthetic", num_train=16, num_valid=8, num_test=8, feature_dim=8,
+                           min_len=9, max_len=12)
+    model_config = MSTRConfig(feature_dim=8, num_classes=bundle.num_classes, num_layers=1,
+                              num_heads=1, levels=2)
+    config = TrainConfig(epochs=1, lr=1e-3, batch_size=8, compile=True, progress=False,
+                         fixed_length=12)
+    result = train_run("mstr", model_config, bundle, bundle.folds[0], config, seed=0,
+                       run_dir=str(tmp_path))
+    assert np.isfinite(result.valid["loss"]) and np.isfinite(result.test["loss"])
+    assert counters["stats"]["unique_graphs"] == 2, dict(counters["stats"])
