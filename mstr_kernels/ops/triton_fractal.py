@@ -34,7 +34,7 @@ INTERPRET_PROGRAMS = 3
 # stays below scratch_mb MiB, so it can stay in L2 (fewer programs otherwise).
 # benchmarks/triton_tune.py sweeps these on a GPU; these values are its choice on an H100 at
 # B=32 H=16 T=4096 D=64 bf16 p=3 levels=4 (benchmarks/results/nvidia-h100-80gb-hbm3-2026-11-24-2*:
-# forward 1.41 -> 1.35 ms, backward 4.88 -> 3.86 ms; fewer programs, from a smaller scratch
+# the sweep's times are there and in benchmarks/NOTES.md; fewer programs, from a smaller scratch
 # bound, were always slower).
 # fwd level1_first: 1 runs level 1 right after pooling each chunk of frames (see
 # triton_fractal_fwd.py), 0 after the pooled levels.
