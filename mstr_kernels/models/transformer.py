@@ -139,7 +139,8 @@ class SpeechTransformerClassifier(nn.Module):
                 nn.init.zeros_(module.bias)
             elif isinstance(module, MHAProjections):
                 nn.init.xavier_uniform_(module.in_proj_weight)
-                nn.init.zeros_(module.in_proj_bias)
+                if module.in_proj_bias is not None:
+                    nn.init.zeros_(module.in_proj_bias)
             elif isinstance(module, nn.LayerNorm):
                 module.reset_parameters()
 
