@@ -4,6 +4,7 @@ import random
 import pytest
 import torch
 
+from conftest import requires_cuda
 from mstr_kernels.models import MSTR, MSTRConfig, MSTRStream, VanillaTransformer
 
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}  # relative, SPEC section 3 / issue 16
@@ -161,3 +162,18 @@ def test_refusals_name_the_problem():
         stream.logits()
     with pytest.raises(ValueError, match="training mode"):
         stream.push(torch.randn(3, 16))
+
+
+@requires_cuda
+@pytest.mark.parametrize("backend", ["auto", "triton", "cuda"])
+def test_cuda_stream_matches_offline(backend):
+    model = make_model(torch.float32, backend=backend).cuda()
+    rng = random.Random(backend)
+    x = torch.randn(100, 16, device="cuda")
+    stream = MSTRStream(model)
+    pushed = 0
+    for size in random_chunks(rng, 100, 9):
+        stream.push(x[pushed:pushed + size].cpu())  # moved to the model's device
+        pushed += size
+        if pushed:
+            assert_close(stream.logits(), offline(model, x[:pushed]), torch.float32)
