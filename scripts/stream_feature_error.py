@@ -14,7 +14,8 @@ from fake_corpora import make_tiny_hubert, tone
 from mstr_kernels.features.hubert import HubertFeatureExtractor
 from mstr_kernels.features.streaming import feature_window_error
 
-SETTINGS = ((0, 0), (81, 0), (250, 0), (1000, 0), (81, 25), (250, 50))  # (context, lookahead) frames
+# (context, lookahead) in frames of 20 ms
+SETTINGS = ((0, 0), (81, 0), (250, 0), (1000, 0), (81, 25), (250, 50))
 
 
 def main():

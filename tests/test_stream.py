@@ -116,7 +116,8 @@ def test_each_completed_tile_runs_once_and_state_is_one_tile():
 def test_reset_starts_a_new_utterance():
     model = make_model(torch.float64)
     stream = MSTRStream(model)
-    first, second = torch.randn(20, 16, dtype=torch.float64), torch.randn(7, 16, dtype=torch.float64)
+    first = torch.randn(20, 16, dtype=torch.float64)
+    second = torch.randn(7, 16, dtype=torch.float64)
     stream.push(first)
     stream.reset()
     assert stream.frames == 0 and stream.tiles_run == 0
