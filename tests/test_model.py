@@ -122,13 +122,18 @@ def test_gradients_finite_with_empty_sequence(name):
 def test_xavier_uniform_init():
     torch.manual_seed(3)
     model = MSTR(small_config(feature_dim=64, num_heads=4))
-    for name, m in model.named_modules():
-        if isinstance(m, torch.nn.Linear):
-            fan_out, fan_in = m.weight.shape
-            bound = math.sqrt(6.0 / (fan_in + fan_out))
-            assert m.weight.abs().max() <= bound, name
-            assert m.weight.abs().max() > 0.9 * bound, name  # uniform fills its range
-            assert torch.count_nonzero(m.bias) == 0, name
+    # every Linear and the attention's fused QKV projection (nn.MultiheadAttention's layout)
+    layers = [(name, m.weight, m.bias) for name, m in model.named_modules()
+              if isinstance(m, torch.nn.Linear)]
+    layers += [(name, m.in_proj_weight, m.in_proj_bias) for name, m in model.named_modules()
+               if hasattr(m, "in_proj_weight")]
+    assert len(layers) == 2 * 4 + 3  # per block in_proj, out_proj, 2 FFN; 3 in the classifier
+    for name, weight, bias in layers:
+        fan_out, fan_in = weight.shape
+        bound = math.sqrt(6.0 / (fan_in + fan_out))
+        assert weight.abs().max() <= bound, name
+        assert weight.abs().max() > 0.9 * bound, name  # uniform fills its range
+        assert torch.count_nonzero(bias) == 0, name
 
 
 def test_config_errors_name_the_argument():
