@@ -80,7 +80,7 @@ def test_exact_stream_of_a_file(setup, capsys):
         torch.testing.assert_close(_probs(record), _offline_probs(setup, model, audio[:n]),
                                    rtol=0, atol=1e-6)
     # the end equals `mstr predict` on the whole file
-    assert final["final"] and final["frames"] == total_frames
+    assert final["final"] and final["frames"] == total_frames and final["source"] == setup["wav"]
     assert final["prediction"] == offline["prediction"]
     torch.testing.assert_close(_probs(final), _probs(offline), rtol=0, atol=1e-6)
     assert final["real_time_factor"] > 0 and final["compute_s"] > 0
@@ -185,7 +185,7 @@ def test_stream_refusals(setup, capsys, tmp_path):
     plain, _ = _checkpoint(setup, "plain")
     with pytest.raises(ValueError, match="not both"):
         cli.main(["predict", setup["wav"], "--stream", setup["wav"], "--checkpoint", plain])
-    with pytest.raises(ValueError, match="give audio FILEs, or --stream SOURCE"):
+    with pytest.raises(ValueError, match="no input: give audio FILEs, or --stream SOURCE"):
         cli.main(["predict", "--checkpoint", plain])
     with pytest.raises(ValueError, match="--context=-1.0 must be >= 0 seconds"):
         cli.main(["predict", "--stream", setup["wav"], "--checkpoint", plain, "--context", "-1"])

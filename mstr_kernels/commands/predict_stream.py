@@ -38,25 +38,31 @@ def add_stream_arguments(parser) -> None:
 
 
 def _user_error(message):
-    return ValueError(f"mstr predict --stream: {message}")
+    """A mistake on the command line, as the other commands report them (one line)."""
+    return ValueError(message)
 
 
-def _check_args(args, meta):
+def _check_args(args):
     if args.files:
-        raise _user_error(f"give audio FILEs or --stream SOURCE, not both (got {args.files})")
+        raise _user_error(f"--stream: give audio FILEs or --stream SOURCE, not both (got "
+                          f"FILEs {args.files})")
     if args.stream is None:
-        raise _user_error("give audio FILEs, or --stream SOURCE for one file or - (stdin)")
-    fixed = (meta.get("train_config") or {}).get("fixed_length")
-    if fixed:
-        raise _user_error(f"the checkpoint was trained with the fixed-length protocol "
-                          f"(fixed_length={fixed}: every utterance padded or cut to {fixed} "
-                          f"frames, zeros attended), so its estimate on a prefix is not the "
-                          f"model on that prefix: streaming is refused; use `mstr predict "
-                          f"FILE`")
+        raise _user_error("no input: give audio FILEs, or --stream SOURCE for one file or - "
+                          "(standard input)")
     for name in ("context", "lookahead"):
         value = getattr(args, name)
         if value is not None and not value >= 0:
             raise _user_error(f"--{name}={value} must be >= 0 seconds")
+
+
+def _check_streamable(meta):
+    fixed = (meta.get("train_config") or {}).get("fixed_length")
+    if fixed:
+        raise _user_error(f"--stream: the checkpoint was trained with the fixed-length protocol "
+                          f"(fixed_length={fixed}: every utterance padded or cut to {fixed} "
+                          f"frames, zeros attended), so its estimate on a prefix is not the "
+                          f"model on that prefix: streaming is refused; use `mstr predict "
+                          f"FILE`")
 
 
 def _blocks_from_stdin(raw_format, first, step, limit):
@@ -78,8 +84,8 @@ def _blocks_from_stdin(raw_format, first, step, limit):
             data = data[:len(data) - len(data) % width]
         block = np.frombuffer(data, dtype=dtype).astype(np.float32) * np.float32(scale)
         if not np.all(np.isfinite(block)):
-            raise _user_error(f"standard input holds non-finite samples (is it --raw-format "
-                              f"{raw_format}?)")
+            raise _user_error(f"--stream -: standard input holds non-finite samples (is it "
+                              f"--raw-format {raw_format}?)")
         read += block.size
         yield block
         if block.size < size:
@@ -104,12 +110,13 @@ class _Printer:
             print(f"{'time_s':>8s}  {'frames':>6s}  {'prediction':10s}  " +
                   "  ".join(f"{n:>8s}" for n in class_names))
 
-    def estimate(self, seconds, frames, probs, final=False, **extra):
+    def estimate(self, seconds, frames, probs, final=False, source=None, **extra):
         best = self.class_names[max(range(len(probs)), key=probs.__getitem__)]
         if self.as_json:
             print(json.dumps({"time_s": round(seconds, 4), "frames": frames, "prediction": best,
                               "probabilities": dict(zip(self.class_names, probs)),
-                              "final": final, **extra}), flush=True)
+                              "final": final, **({"source": source} if final else {}),
+                              **extra}), flush=True)
         else:
             label = "end" if final else ""
             print(f"{seconds:8.2f}  {frames:6d}  {best:10s}  " +
@@ -128,8 +135,9 @@ def run_stream(args) -> int:
     from mstr_kernels.models import MSTRStream
     from mstr_kernels.training.checkpoint import load_model
 
+    _check_args(args)
     model, meta = load_model(args.checkpoint, backend=args.backend)
-    _check_args(args, meta)
+    _check_streamable(meta)
     extractor = make_extractor(meta, args.device, args.hubert)
     model = model.to(extractor.device).eval()
     settings = meta["extractor"]
@@ -201,7 +209,7 @@ def run_stream(args) -> int:
         return 1
     seconds = samples / rate
     factor = compute / seconds
-    printer.estimate(*last, final=True, real_time_factor=round(factor, 4),
+    printer.estimate(*last, final=True, source=source, real_time_factor=round(factor, 4),
                      compute_s=round(compute, 4))
     if limit is not None and samples >= limit:
         print(f"note: read the first {max_seconds:g} s only, the checkpoint's max_seconds "
