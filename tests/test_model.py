@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+import mstr_kernels
 from float64_loop import fractal_attention_f64
 from mstr_kernels.models import (MSTR, MSTRConfig, VanillaTransformer, build_model,
                                  count_params)
@@ -58,7 +59,9 @@ def spec_forward_f64(model, x, lengths, attention):
         h = ln(x[b], "input_norm")
         for i in range(cfg.num_layers):
             pre = f"blocks.{i}"
-            qkv = lin(h, pre + ".attention.in_proj").reshape(T, 3, H, D)
+            # the fused projection named as nn.MultiheadAttention names it
+            qkv = (h @ sd[pre + ".attention.in_proj_weight"].T
+                   + sd[pre + ".attention.in_proj_bias"]).reshape(T, 3, H, D)
             q, k, v = (qkv[:, j].transpose(1, 0, 2)[None] for j in range(3))  # (1, H, T, D)
             if attention == "fractal":
                 a = fractal_attention_f64(q, k, v, cfg.p, cfg.levels, lengths=[n])[0]
@@ -119,13 +122,18 @@ def test_gradients_finite_with_empty_sequence(name):
 def test_xavier_uniform_init():
     torch.manual_seed(3)
     model = MSTR(small_config(feature_dim=64, num_heads=4))
-    for name, m in model.named_modules():
-        if isinstance(m, torch.nn.Linear):
-            fan_out, fan_in = m.weight.shape
-            bound = math.sqrt(6.0 / (fan_in + fan_out))
-            assert m.weight.abs().max() <= bound, name
-            assert m.weight.abs().max() > 0.9 * bound, name  # uniform fills its range
-            assert torch.count_nonzero(m.bias) == 0, name
+    # every Linear and the attention's fused QKV projection (nn.MultiheadAttention's layout)
+    layers = [(name, m.weight, m.bias) for name, m in model.named_modules()
+              if isinstance(m, torch.nn.Linear)]
+    layers += [(name, m.in_proj_weight, m.in_proj_bias) for name, m in model.named_modules()
+               if hasattr(m, "in_proj_weight")]
+    assert len(layers) == 2 * 4 + 3  # per block in_proj, out_proj, 2 FFN; 3 in the classifier
+    for name, weight, bias in layers:
+        fan_out, fan_in = weight.shape
+        bound = math.sqrt(6.0 / (fan_in + fan_out))
+        assert weight.abs().max() <= bound, name
+        assert weight.abs().max() > 0.9 * bound, name  # uniform fills its range
+        assert torch.count_nonzero(bias) == 0, name
 
 
 def test_config_errors_name_the_argument():
@@ -151,3 +159,32 @@ def test_config_round_trip_and_baseline_has_same_weights():
     assert vanilla.config.attention == "full"
     assert {k: v.shape for k, v in mstr.state_dict().items()} == \
         {k: v.shape for k, v in vanilla.state_dict().items()}
+
+
+@pytest.mark.parametrize("kw", [dict(p=1), dict(levels=20), dict(p=4, levels=6),
+                                dict(backend="cpp"), dict(p=3.0)])
+@pytest.mark.parametrize("attention", ["fractal", "full"])
+def test_config_raises_the_op_errors(kw, attention):
+    """p, levels and backend are checked when the config is made (for either attention: one
+    config builds both models), with the op's own message."""
+    q = torch.randn(1, 1, 4, 2)
+    with pytest.raises((ValueError, TypeError)) as op_error:
+        mstr_kernels.fractal_attention(q, q, q, **kw)
+    with pytest.raises(op_error.type) as info:
+        MSTRConfig(attention=attention, **kw)
+    assert str(info.value) == str(op_error.value)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(feature_dim=1024, num_heads=2), "head dim feature_dim/num_heads = 1024/2 = 512 is out "
+                                          "of range: 1 <= feature_dim/num_heads <= 256"),
+    (dict(num_layers=True), "num_layers=True must be a positive int"),
+    (dict(classifier_dropout="0.5"), "classifier_dropout='0.5' must be a number in \\[0, 1\\)")])
+def test_config_checks_heads_and_types(kw, match):
+    with pytest.raises(ValueError, match=match):
+        MSTRConfig(**kw)
+
+
+def test_default_config_is_valid():
+    config = MSTRConfig()
+    assert (config.p, config.levels, config.backend) == (3, 4, "auto")

@@ -13,7 +13,7 @@ def register(sub):
                             description="Decode each file to 16 kHz mono, extract the features "
                                         "the checkpoint was trained on, and print the "
                                         "probability of each emotion.")
-    parser.add_argument("files", nargs="+", metavar="FILE", help="audio files (wav, flac, mp4, ...)")
+    parser.add_argument("files", nargs="*", metavar="FILE", help="audio files (wav, flac, mp4, ...)")
     parser.add_argument("--checkpoint", required=True, help="checkpoint written by `mstr train`")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if visible)")
@@ -23,16 +23,14 @@ def register(sub):
     parser.add_argument("--hubert", default=None,
                         help="HuBERT checkpoint to use instead of the one recorded in the "
                              "checkpoint (same model, another place)")
+    from .predict_stream import add_stream_arguments
+    add_stream_arguments(parser)
     parser.set_defaults(func=run)
 
 
-def predict_files(files, model, meta, device=None, hubert=None):
-    """[{file, prediction, probabilities: {class: p}}] and [(file, reason)] for failures.
-    meta: a checkpoint's, with "class_names", "extractor" and "train_config" (its
-    "fixed_length" is set when trained on the fixed-length protocol)."""
-    import torch
-
-    from mstr_kernels.data.audio import AudioError, load_audio
+def make_extractor(meta, device=None, hubert=None):
+    """The HuBERT extractor that made the checkpoint's training features (or `hubert`, the same
+    model elsewhere)."""
     from mstr_kernels.features.hubert import HubertFeatureExtractor
 
     settings = meta["extractor"]
@@ -43,6 +41,19 @@ def predict_files(files, model, meta, device=None, hubert=None):
     if extractor.feature_dim != settings["feature_dim"]:
         raise ValueError(f"hubert={hubert!r} gives {extractor.feature_dim}-dim features, the "
                          f"checkpoint was trained on {settings['feature_dim']}")
+    return extractor
+
+
+def predict_files(files, model, meta, device=None, hubert=None):
+    """[{file, prediction, probabilities: {class: p}}] and [(file, reason)] for failures.
+    meta: a checkpoint's, with "class_names", "extractor" and "train_config" (its
+    "fixed_length" is set when trained on the fixed-length protocol)."""
+    import torch
+
+    from mstr_kernels.data.audio import AudioError, load_audio
+
+    settings = meta["extractor"]
+    extractor = make_extractor(meta, device, hubert)
     model = model.to(extractor.device).eval()
     max_seconds = settings.get("max_seconds")
     # where `mstr train` records it, and `mstr evaluate` reads it
@@ -75,6 +86,9 @@ def predict_files(files, model, meta, device=None, hubert=None):
 
 
 def run(args) -> int:
+    if args.stream is not None or not args.files:
+        from .predict_stream import run_stream
+        return run_stream(args)
     from mstr_kernels.training.checkpoint import load_model
     model, meta = load_model(args.checkpoint, backend=args.backend)
     results, failures = predict_files(args.files, model, meta, args.device, args.hubert)

@@ -12,7 +12,7 @@ from typing import Dict, List
 import torch
 from torch import nn
 
-from ..nn import MultiScaleAttention
+from ..nn import MHAProjections, MultiScaleAttention
 from .transformer import MSTRConfig, FullSelfAttention, build_model, count_params
 
 # Table 2 of the paper: sequence length T, classes, and the printed Params / FLOPs.
@@ -31,8 +31,11 @@ PAPER_TABLE2 = {
 
 
 def linear_macs_per_frame(model: nn.Module) -> int:
-    """Multiply-accumulates of every Linear layer applied to one frame: its weight count."""
-    return sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    """Multiply-accumulates of every Linear layer applied to one frame: its weight count (the
+    attention's fused QKV projection, `in_proj_weight` as nn.MultiheadAttention holds it, is one
+    such layer)."""
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear)) + \
+        sum(m.in_proj_weight.numel() for m in model.modules() if isinstance(m, MHAProjections))
 
 
 def attention_macs(model: nn.Module, T: int) -> float:

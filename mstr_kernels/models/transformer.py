@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nn import MultiScaleAttention
+from ..nn import MHAProjections, MultiScaleAttention, check_attention_args, check_heads
 
 ATTENTIONS = ("fractal", "full")
 
@@ -36,20 +36,21 @@ class MSTRConfig:
     def __post_init__(self):
         for name in ("feature_dim", "num_classes", "num_layers", "num_heads"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive int")
         if self.feature_dim % 4 != 0:
             raise ValueError(f"feature_dim={self.feature_dim} must be a multiple of 4 "
                              f"(the FFN and classifier use F/2 and F/4)")
-        if self.feature_dim % self.num_heads != 0:
-            raise ValueError(f"feature_dim={self.feature_dim} must be divisible by "
-                             f"num_heads={self.num_heads}")
+        check_heads(self.feature_dim, self.num_heads, embed_name="feature_dim")
         for name in ("dropout", "classifier_dropout"):
             value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"{name}={value!r} must be in [0, 1)")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not 0.0 <= value < 1.0:
+                raise ValueError(f"{name}={value!r} must be a number in [0, 1)")
         if self.attention not in ATTENTIONS:
             raise ValueError(f"attention={self.attention!r} must be one of {ATTENTIONS}")
+        # checked for both attentions: one config builds either model (build_model)
+        check_attention_args(p=self.p, levels=self.levels, backend=self.backend)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,16 +64,10 @@ class MSTRConfig:
         return cls(**data)
 
 
-class FullSelfAttention(nn.Module):
-    """Full multi-head self-attention by SDPA with a key padding mask; the parameter layout of
-    `MultiScaleAttention` (fused in_proj, out_proj), so both models have the same weights."""
-
-    def __init__(self, embed_dim: int, num_heads: int):
-        super().__init__()
-        self.embed_dim, self.num_heads = embed_dim, num_heads
-        self.head_dim = embed_dim // num_heads
-        self.in_proj = nn.Linear(embed_dim, 3 * embed_dim)
-        self.out_proj = nn.Linear(embed_dim, embed_dim)
+class FullSelfAttention(MHAProjections):
+    """Full multi-head self-attention by SDPA with a key padding mask; the parameters of
+    `MultiScaleAttention` (those of nn.MultiheadAttention), so both models have the same
+    weights."""
 
     def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
         B, T, E = x.shape
@@ -142,6 +137,10 @@ class SpeechTransformerClassifier(nn.Module):
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
+            elif isinstance(module, MHAProjections):
+                nn.init.xavier_uniform_(module.in_proj_weight)
+                if module.in_proj_bias is not None:
+                    nn.init.zeros_(module.in_proj_bias)
             elif isinstance(module, nn.LayerNorm):
                 module.reset_parameters()
 
