@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..models import MSTRConfig, build_model
-from .batching import LengthBucketBatchSampler, PadCollate, sequence_lengths
+from .batching import (LengthBucketBatchSampler, PackCollate, PackedBatchSampler, PadCollate,
+                       cu_seqlens, sequence_lengths)
 from .checkpoint import load_checkpoint, prefixed, restore_optimizer, save_checkpoint
 from .distributed import DistContext, all_gather_rows
 from .metrics import METRICS, classification_metrics
@@ -41,6 +42,11 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 0  # optimizer steps between mid-epoch checkpoints (0: epoch ends)
     progress: bool = True
+    # Packed batches (MSTR only): the items' frames concatenated, no padding. batch_frames N:
+    # batches of about N frames (PackedBatchSampler); None: the length-bucketed batches of
+    # batch_size items, packed (the same batches, so the same metrics, as the padded run).
+    packed: bool = False
+    batch_frames: Optional[int] = None
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -51,6 +57,10 @@ class TrainConfig:
             raise ValueError(f"batch_size={self.batch_size} must be >= 1")
         if self.amp not in AMP_DTYPES:
             raise ValueError(f"amp={self.amp!r} must be one of {sorted(AMP_DTYPES)}")
+        if self.packed and self.fixed_length is not None:
+            raise ValueError("packed=True trains without padding: fixed_length must be None")
+        if self.batch_frames is not None and (not self.packed or self.batch_frames < 1):
+            raise ValueError(f"batch_frames={self.batch_frames} needs packed=True and must be >= 1")
         if self.select_metric not in METRICS:
             raise ValueError(f"select_metric={self.select_metric!r} must be one of {METRICS}")
 
@@ -84,6 +94,24 @@ def _autocast(device: torch.device, amp: str):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _train_logits(net, x, lengths, config: TrainConfig):
+    if config.packed:
+        return net(x, cu_seqlens=cu_seqlens(lengths))
+    return net(x, None if config.fixed_length else lengths)
+
+
+def _train_batches(fold, config: TrainConfig, seed: int, ctx: DistContext):
+    """The training batch sampler and collate: length buckets, or packed batches."""
+    lengths = sequence_lengths(fold.train)
+    if config.batch_frames:
+        sampler = PackedBatchSampler(lengths, config.batch_frames, seed=seed, rank=ctx.rank,
+                                     world_size=ctx.world_size)
+    else:
+        sampler = LengthBucketBatchSampler(lengths, config.batch_size, seed=seed, rank=ctx.rank,
+                                           world_size=ctx.world_size)
+    return sampler, PackCollate() if config.packed else PadCollate(config.fixed_length)
 
 
 def _loader(dataset, batch_sampler, collate, device, workers, generator=None):
@@ -132,6 +160,9 @@ def train_run(model_name: str, model_config: MSTRConfig, bundle, fold, config: T
     run_dir/best.safetensors (the validation-selected model). step_hook(global_step) is called
     after every optimizer step."""
     device = resolve_device(config.device, ctx)
+    if config.packed and model_name != "mstr":
+        raise ValueError(f"packed batches need fractal attention (model 'mstr'), got "
+                         f"model={model_name!r}")
     last_path, best_path = os.path.join(run_dir, "last.safetensors"), \
         os.path.join(run_dir, "best.safetensors")
     seed_everything(seed)
@@ -179,9 +210,7 @@ def train_run(model_name: str, model_config: MSTRConfig, bundle, fold, config: T
         net = torch.compile(net)
     eval_net = torch.compile(model) if config.compile else model
 
-    sampler = LengthBucketBatchSampler(sequence_lengths(fold.train), config.batch_size,
-                                       seed=seed, rank=ctx.rank, world_size=ctx.world_size)
-    collate = PadCollate(config.fixed_length)
+    sampler, collate = _train_batches(fold, config, seed, ctx)
     loader = _loader(fold.train, sampler, collate, device, config.workers,
                      generator=torch.Generator().manual_seed(seed))
     eval_kw = dict(batch_size=2 * config.batch_size, fixed_length=config.fixed_length,
@@ -212,7 +241,7 @@ def train_run(model_name: str, model_config: MSTRConfig, bundle, fold, config: T
             frames = int(lengths.sum())  # CPU tensor from the collate: no device sync
             x, lengths, y = (t.to(device, non_blocking=True) for t in (x, lengths, y))
             with _autocast(device, config.amp):
-                logits = net(x, None if config.fixed_length else lengths)
+                logits = _train_logits(net, x, lengths, config)
             loss_sum = F.cross_entropy(logits.float(), y, reduction="sum")
             # DDP averages gradients over ranks: scaling each rank's sum by W / global batch
             # size makes that average the mean loss of the global batch, as in one process.
