@@ -456,3 +456,23 @@ def test_cli_train_packed_with_a_frame_budget(tmp_path, capsys):
     assert record["UA"] == pytest.approx(results["runs"][0]["test"]["UA"])
     with pytest.raises(ValueError, match="packed batches need fractal attention"):
         main(args[:-2] + ["--model", "vanilla", "--out", str(tmp_path / "v")])
+
+
+def test_packed_vs_padded_benchmark_runs(tmp_path):
+    """The benchmark script end to end at a toy size (its figures come from real runs only)."""
+    import json
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
+    import packed_vs_padded
+    out = tmp_path / "r.json"
+    threads = torch.get_num_threads()
+    assert packed_vs_padded.main(["--utterances", "6", "--batch-size", "3", "--feature-dim",
+                                  "8", "--heads", "2", "--layers", "1", "--repeats", "1",
+                                  "--json", str(out)]) == 0
+    torch.set_num_threads(threads)  # the script sets its own
+    result = json.loads(out.read_text())
+    rows = {r["batching"]: r for r in result["rows"]}
+    assert set(rows) == {"padded", "bucketed", "packed", "packed-budget"}
+    assert rows["packed"]["padding_fraction"] == 0 and rows["padded"]["padding_fraction"] > 0
+    assert rows["packed"]["computed_frames"] == result["config"]["lengths"]["total"]
+    assert set(result["ratios"]) == {"packed_over_padded", "packed_over_bucketed",
+                                     "packed-budget_over_padded", "packed-budget_over_bucketed"}
