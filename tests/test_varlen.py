@@ -190,13 +190,16 @@ def test_empty_sequences_and_empty_batches(backend):
 
 def test_auto_picks_a_varlen_backend_and_the_registry_says_which():
     from mstr_kernels.ops import BACKENDS
-    assert {n for n, b in BACKENDS.items() if b.varlen_loader is not None} >= {
-        "cpu", "triton", "reference"}
+    from mstr_kernels.ops.backends import FRACTAL_ATTENTION_VARLEN as VARLEN
+    declared = {n for n, b in BACKENDS.items() if VARLEN in b.ops}
+    assert declared >= {"cpu", "triton", "reference"}
+    assert all(BACKENDS[n].varlen_loader is not None for n in declared)
     q4 = torch.zeros(1, 2, 5, 4)
-    assert select_backend("auto", q4, 3, 2, varlen=True).name == ("cpu" if CPU_BUILT
-                                                                   else "reference")
-    with pytest.raises(ValueError, match="backend='cuda'.*packed sequences"):
-        select_backend("cuda", q4, 3, 2, varlen=True)
+    assert select_backend("auto", q4, 3, 2, op=VARLEN).name == ("cpu" if CPU_BUILT
+                                                                 else "reference")
+    with pytest.raises(ValueError, match="backend='cuda'.*op 'fractal_attention_varlen' not "
+                       "implemented"):
+        select_backend("cuda", q4, 3, 2, op=VARLEN)
 
 
 # Inductor on the path users get (auto: the fused cpu op); the reference's gathers and levels

@@ -218,8 +218,7 @@ def _select_uncached(name, q, p, levels, op) -> Backend:
             if passed_over and not backend.fused:
                 _warn_fallback(q, passed_over)
             return backend
-        if not torch.compiler.is_compiling():  # dynamo cannot trace a logger call
-            log.debug("auto: passing over backend %r: %s", candidate, "; ".join(why))
+        log.debug("auto: passing over backend %r: %s", candidate, "; ".join(why))
         if q.device.type in backend.devices:
             passed_over.append(f"{candidate} ({'; '.join(why)})")
     raise ValueError(f"no backend can run inputs on device {q.device} with dtype {q.dtype}"

@@ -31,7 +31,7 @@ def fractal_attention_varlen_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
                H, total, D, items, H * items, float(scale))
     _launch(fractal_fwd_kernel, "fwd", (q4, k4, v4, o4, tiles), scalars,
             dict(_meta(cfg, "fwd", p, levels, True), VARLEN=True), H * items,
-            cfg.program_stride, q.device)
+            cfg.program_stride, q.device, ("fwd-varlen", p, levels, cfg, q.dtype, q.device.index))
     return out
 
 
@@ -50,5 +50,5 @@ def fractal_attention_varlen_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.T
                H, total, D, items, H * items, float(scale))
     _launch(fractal_bwd_kernel, "bwd", (g4, q4, k4, v4, dq4, dk4, dv4, tiles), scalars,
             dict(_meta(cfg, "bwd", p, levels, True), VARLEN=True), H * items,
-            cfg.program_stride, q.device)
+            cfg.program_stride, q.device, ("bwd-varlen", p, levels, cfg, q.dtype, q.device.index))
     return dq, dk, dv

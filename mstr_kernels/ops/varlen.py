@@ -41,6 +41,9 @@ def check_packed_qkv(q, k, v) -> None:
             raise TypeError(f"{name}.dtype={x.dtype} must equal q.dtype={q.dtype} (no implicit casts)")
         if x.device != q.device:
             raise ValueError(f"{name}.device={x.device} must equal q.device={q.device}")
+    if q.device.type == "meta":
+        raise ValueError("q.device=meta is not supported: q, k, v must be tensors with data "
+                         "(cpu or cuda); meta tensors cannot be computed on")
     total, H, D = q.shape
     if H < 1:
         raise ValueError(f"H (q.shape[1]) must be >= 1, got H={H}")
@@ -223,7 +226,7 @@ def fractal_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     check_cu_seqlens_meta(cu_seqlens, q)
     check_max_seqlen(max_seqlen)
     device_type = q.device.type
-    if torch.is_autocast_enabled(device_type):
+    if torch.is_autocast_enabled(device_type) and q.dtype in validation.AUTOCAST_DTYPES:
         dtype = torch.get_autocast_dtype(device_type)
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     total = q.shape[0]
