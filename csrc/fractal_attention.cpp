@@ -187,6 +187,60 @@ at::Tensor fwd_autograd(const at::Tensor& q, const at::Tensor& k, const at::Tens
   return FractalAttentionFunction::apply(q, k, v, lengths, p, levels, scale);
 }
 
+// Packed sequences (ops/varlen.py): q, k, v (total, H, D), any strides; `tiles` the (2, items)
+// int32 work list built from cu_seqlens. CPU only. The kernels see (1, H, total, D) views.
+at::Tensor as_batch_of_one(const at::Tensor& x) { return x.transpose(0, 1).unsqueeze(0); }
+
+void check_varlen_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                         const at::Tensor& tiles, int64_t p, int64_t levels) {
+  TORCH_CHECK_VALUE(q.dim() == 3, "q must be (total, H, D), got ", q.dim(), " dimensions");
+  TORCH_CHECK_VALUE(k.sizes() == q.sizes() && v.sizes() == q.sizes(),
+                    "k.shape and v.shape must equal q.shape=", q.sizes());
+  TORCH_CHECK_VALUE(q.is_cpu(), "the packed-sequence kernels of mstr_kernels._C run on the CPU");
+  check_inputs(as_batch_of_one(q), as_batch_of_one(k), as_batch_of_one(v), c10::nullopt, p,
+               levels);
+  TORCH_CHECK_TYPE(tiles.scalar_type() == at::kInt, "tiles must be int32");
+  TORCH_CHECK_VALUE(tiles.dim() == 2 && tiles.size(0) == 2 && tiles.is_contiguous() &&
+                        tiles.is_cpu(), "tiles must be a contiguous CPU tensor (2, items)");
+  const int64_t items = tiles.size(1), total = q.size(0);
+  const int64_t tile = static_cast<int64_t>(std::llround(std::pow(double(p), double(levels))));
+  const int32_t* start = tiles.data_ptr<int32_t>();
+  for (int64_t i = 0; i < items; ++i) {
+    const int64_t s = start[i], n = start[items + i];
+    TORCH_CHECK_VALUE(s >= 0 && n >= 0 && n <= tile && s + n <= total, "tiles item ", i,
+                      " = (start ", s, ", rows ", n, ") is outside 0 <= start, 0 <= rows <= ",
+                      tile, ", start + rows <= total = ", total);
+  }
+}
+
+at::Tensor fwd_varlen(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                      const at::Tensor& tiles, int64_t p, int64_t levels, double scale) {
+  check_varlen_inputs(q, k, v, tiles, p, levels);
+  at::Tensor out = empty_cpu_cached({q.size(0), q.size(1), q.size(2)}, q.scalar_type());
+  at::Tensor out_view = as_batch_of_one(out);
+  fractal_attention_varlen_fwd_cpu(as_batch_of_one(q), as_batch_of_one(k), as_batch_of_one(v),
+                                   tiles, FractalParams{p, levels, scale}, out_view);
+  return out;
+}
+
+std::vector<at::Tensor> bwd_varlen(const at::Tensor& dout, const at::Tensor& q,
+                                   const at::Tensor& k, const at::Tensor& v,
+                                   const at::Tensor& tiles, int64_t p, int64_t levels,
+                                   double scale) {
+  check_varlen_inputs(q, k, v, tiles, p, levels);
+  TORCH_CHECK_VALUE(dout.sizes() == q.sizes(), "dout.shape must equal q.shape=", q.sizes());
+  TORCH_CHECK_TYPE(dout.scalar_type() == q.scalar_type(), "dout must have q's dtype");
+  std::vector<at::Tensor> grads, views;
+  for (int i = 0; i < 3; ++i) {
+    grads.push_back(empty_cpu_cached({q.size(0), q.size(1), q.size(2)}, q.scalar_type()));
+    views.push_back(as_batch_of_one(grads.back()));
+  }
+  fractal_attention_varlen_bwd_cpu(as_batch_of_one(dout), as_batch_of_one(q), as_batch_of_one(k),
+                                   as_batch_of_one(v), tiles, FractalParams{p, levels, scale},
+                                   views[0], views[1], views[2]);
+  return grads;
+}
+
 bool cuda_built() {
 #ifdef MSTR_WITH_CUDA
   return true;
@@ -237,6 +291,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     d["max_levels"] = s::kMaxLevels;
     return d;
   }, "the supported range compiled in (csrc/fractal_range.h)");
+  m.def("fractal_attention_varlen_fwd", &mstr_kernels::fwd_varlen,
+        "fused forward of packed sequences (CPU)", py::arg("q"), py::arg("k"), py::arg("v"),
+        py::arg("tiles"), py::arg("p"), py::arg("levels"), py::arg("scale"));
+  m.def("fractal_attention_varlen_bwd", &mstr_kernels::bwd_varlen,
+        "fused backward of packed sequences (CPU)", py::arg("dout"), py::arg("q"), py::arg("k"),
+        py::arg("v"), py::arg("tiles"), py::arg("p"), py::arg("levels"), py::arg("scale"));
   m.def("cpu_output_cache_stats", [] {
     const auto s = mstr_kernels::cpu_output_cache_stats();
     py::dict d;

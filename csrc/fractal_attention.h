@@ -21,6 +21,16 @@ void fractal_attention_bwd_cpu(const at::Tensor& dout, const at::Tensor& q, cons
                                const at::Tensor& v, const at::Tensor& lengths,
                                const FractalParams& params, at::Tensor& dq, at::Tensor& dk,
                                at::Tensor& dv);
+// Packed sequences: q, k, v are (1, H, total, D) views of (total, H, D) tensors, outputs too;
+// tiles: int32 contiguous (2, items), item i = rows tiles[0][i] .. + tiles[1][i] (all valid,
+// at most p**levels, inside one sequence); rows of no item are not written.
+void fractal_attention_varlen_fwd_cpu(const at::Tensor& q, const at::Tensor& k,
+                                      const at::Tensor& v, const at::Tensor& tiles,
+                                      const FractalParams& params, at::Tensor& out);
+void fractal_attention_varlen_bwd_cpu(const at::Tensor& dout, const at::Tensor& q,
+                                      const at::Tensor& k, const at::Tensor& v,
+                                      const at::Tensor& tiles, const FractalParams& params,
+                                      at::Tensor& dq, at::Tensor& dk, at::Tensor& dv);
 #ifdef MSTR_WITH_CUDA
 void fractal_attention_fwd_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                 const at::Tensor& lengths, const FractalParams& params,

@@ -55,4 +55,31 @@ void fractal_attention_bwd_cpu(const at::Tensor& dout, const at::Tensor& q, cons
   }
 }
 
+void fractal_attention_varlen_fwd_cpu(const at::Tensor& q, const at::Tensor& k,
+                                      const at::Tensor& v, const at::Tensor& tiles,
+                                      const FractalParams& params, at::Tensor& out) {
+  switch (cpu_variant()) {
+#if MSTR_CPU_X86_VARIANTS
+    case Variant::kAvx512: return cpu_kernels::AVX512::fwd_varlen(q, k, v, tiles, params, out);
+    case Variant::kAvx2: return cpu_kernels::AVX2::fwd_varlen(q, k, v, tiles, params, out);
+#endif
+    default: return cpu_kernels::DEFAULT::fwd_varlen(q, k, v, tiles, params, out);
+  }
+}
+
+void fractal_attention_varlen_bwd_cpu(const at::Tensor& dout, const at::Tensor& q,
+                                      const at::Tensor& k, const at::Tensor& v,
+                                      const at::Tensor& tiles, const FractalParams& params,
+                                      at::Tensor& dq, at::Tensor& dk, at::Tensor& dv) {
+  switch (cpu_variant()) {
+#if MSTR_CPU_X86_VARIANTS
+    case Variant::kAvx512:
+      return cpu_kernels::AVX512::bwd_varlen(dout, q, k, v, tiles, params, dq, dk, dv);
+    case Variant::kAvx2:
+      return cpu_kernels::AVX2::bwd_varlen(dout, q, k, v, tiles, params, dq, dk, dv);
+#endif
+    default: return cpu_kernels::DEFAULT::bwd_varlen(dout, q, k, v, tiles, params, dq, dk, dv);
+  }
+}
+
 }  // namespace mstr_kernels

@@ -21,6 +21,11 @@ namespace cpu_kernels {
   void bwd(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,                   \
            const at::Tensor& v, const at::Tensor& lengths, const FractalParams& params,        \
            at::Tensor& dq, at::Tensor& dk, at::Tensor& dv);                                    \
+  void fwd_varlen(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,               \
+                  const at::Tensor& tiles, const FractalParams& params, at::Tensor& out);      \
+  void bwd_varlen(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,            \
+                  const at::Tensor& v, const at::Tensor& tiles, const FractalParams& params,   \
+                  at::Tensor& dq, at::Tensor& dk, at::Tensor& dv);                             \
   }
 
 MSTR_DECLARE_CPU_VARIANT(DEFAULT)

@@ -459,24 +459,11 @@ void backward_tile(const StridedRows<const scalar_t>& dout, const StridedRows<co
   }
 }
 
-// Calls fn(task, next, scratch) for every (batch, tile, head) task, in parallel; `next` is the
-// task the same thread runs after this one (nt = 0 if none), whose rows may be prefetched.
-// Consecutive tasks walk memory in order: the tiles of one head in turn where a head's frames
-// are contiguous (heads_inner false: (B, H, T, D) tensors), the heads of one tile in turn where
-// heads sit side by side in a row (views of a (B, T, 3, H, D) projection).
-template <typename acc_t, typename Fn>
-void for_each_tile(const Geometry& g, const at::Tensor& lengths, bool backward, const Fn& fn) {
-  const int32_t* len = lengths.defined() ? lengths.data_ptr<int32_t>() : nullptr;
-  const int64_t ntasks = g.B * g.ntiles * g.H;
-  auto task_at = [&](int64_t task) {
-    const int64_t h = g.heads_inner ? task % g.H : (task / g.ntiles) % g.H;
-    const int64_t tile = g.heads_inner ? (task / g.H) % g.ntiles : task % g.ntiles;
-    const int64_t b = task / (g.H * g.ntiles);
-    const int64_t n = len ? static_cast<int64_t>(len[b]) : g.T;
-    const int64_t t0 = tile * g.P;
-    const int64_t tlen = std::min(g.P, g.T - t0);
-    return Task{b, h, t0, tlen, std::clamp<int64_t>(n - t0, 0, tlen)};
-  };
+// Calls fn(task_at(i), next, scratch) for every task i in [0, ntasks), in parallel; `next` is
+// the task the same thread runs after this one (nt = 0 if none), whose rows may be prefetched.
+template <typename acc_t, typename TaskAt, typename Fn>
+void for_each_task(const Geometry& g, int64_t ntasks, bool backward, const TaskAt& task_at,
+                   const Fn& fn) {
   at::parallel_for(0, ntasks, 1, [&](int64_t begin, int64_t end) {
     Scratch<acc_t> scratch(g, backward);
     for (int64_t task = begin; task < end; ++task) {
@@ -486,7 +473,76 @@ void for_each_tile(const Geometry& g, const at::Tensor& lengths, bool backward, 
   });
 }
 
+// Every (batch, tile, head) task of a padded batch. Consecutive tasks walk memory in order: the
+// tiles of one head in turn where a head's frames are contiguous (heads_inner false: (B, H, T,
+// D) tensors), the heads of one tile in turn where heads sit side by side in a row (views of a
+// (B, T, 3, H, D) projection).
+template <typename acc_t, typename Fn>
+void for_each_tile(const Geometry& g, const at::Tensor& lengths, bool backward, const Fn& fn) {
+  const int32_t* len = lengths.defined() ? lengths.data_ptr<int32_t>() : nullptr;
+  auto task_at = [&](int64_t task) {
+    const int64_t h = g.heads_inner ? task % g.H : (task / g.ntiles) % g.H;
+    const int64_t tile = g.heads_inner ? (task / g.H) % g.ntiles : task % g.ntiles;
+    const int64_t b = task / (g.H * g.ntiles);
+    const int64_t n = len ? static_cast<int64_t>(len[b]) : g.T;
+    const int64_t t0 = tile * g.P;
+    const int64_t tlen = std::min(g.P, g.T - t0);
+    return Task{b, h, t0, tlen, std::clamp<int64_t>(n - t0, 0, tlen)};
+  };
+  for_each_task<acc_t>(g, g.B * g.ntiles * g.H, backward, task_at, fn);
+}
+
+// Packed sequences: q, k, v are (1, H, total, D) views and `tiles` the (2, items) int32 work
+// list (ops/varlen.py): item i covers rows tiles[0][i] .. + tiles[1][i] of one sequence, all
+// valid. Items of 0 rows (the list's unused tail) are empty tasks.
+template <typename acc_t, typename Fn>
+void for_each_work_item(const Geometry& g, const at::Tensor& tiles, bool backward, const Fn& fn) {
+  const int64_t items = tiles.size(1);
+  const int32_t* start = tiles.data_ptr<int32_t>();
+  const int32_t* count = start + items;
+  auto task_at = [&](int64_t task) {
+    const int64_t h = g.heads_inner ? task % g.H : task / items;
+    const int64_t item = g.heads_inner ? task / g.H : task % items;
+    const int64_t n = count[item];
+    return Task{0, h, static_cast<int64_t>(start[item]), n, n};
+  };
+  for_each_task<acc_t>(g, items * g.H, backward, task_at, fn);
+}
+
 }  // namespace
+
+void fwd_varlen(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                const at::Tensor& tiles, const FractalParams& params, at::Tensor& out) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(),
+                                  "fractal_attention_varlen_fwd_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const Geometry g(q, params, Vec<acc_t>::size());
+    const StridedRows<const scalar_t> Q(q), K(k), V(v);
+    const StridedRows<scalar_t> O(out);
+    const acc_t scale = static_cast<acc_t>(params.scale);
+    for_each_work_item<acc_t>(g, tiles, false, [&](const Task& t, const Task& next,
+                                                   Scratch<acc_t>& s) {
+      forward_tile<scalar_t, acc_t>(Q, K, V, O, t, next, scale, g, s);
+    });
+  });
+}
+
+void bwd_varlen(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+                const at::Tensor& v, const at::Tensor& tiles, const FractalParams& params,
+                at::Tensor& dq, at::Tensor& dk, at::Tensor& dv) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(),
+                                  "fractal_attention_varlen_bwd_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const Geometry g(q, params, Vec<acc_t>::size());
+    const StridedRows<const scalar_t> dO(dout), Q(q), K(k), V(v);
+    const StridedRows<scalar_t> dQ(dq), dK(dk), dV(dv);
+    const acc_t scale = static_cast<acc_t>(params.scale);
+    for_each_work_item<acc_t>(g, tiles, true, [&](const Task& t, const Task& next,
+                                                  Scratch<acc_t>& s) {
+      backward_tile<scalar_t, acc_t>(dO, Q, K, V, dQ, dK, dV, t, next, scale, g, s);
+    });
+  });
+}
 
 void fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& lengths,
          const FractalParams& params, at::Tensor& out) {

@@ -36,6 +36,12 @@ def register(sub):
                    help="the paper's protocol: pad or cut every item to N frames, zeros "
                    "attended ('paper' = the dataset's preset length); default: pad per batch "
                    "and mask by lengths")
+    p.add_argument("--packed", action="store_true",
+                   help="MSTR only: train on packed batches (the items' frames concatenated, no "
+                   "padding; fractal_attention_varlen) instead of length-bucketed padded ones")
+    p.add_argument("--batch-frames", type=int, default=None, metavar="N",
+                   help="with --packed: batches of about N frames (default: the padded run's "
+                   "length-bucketed batches of --batch-size items, packed)")
     p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
                    help="autocast dtype (default none: float32)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
@@ -112,7 +118,8 @@ def build_configs(args, bundle):
                         amp=args.amp, compile=args.compile, compile_mode=args.compile_mode,
                         device=args.device,
                         workers=args.workers, log_every=args.log_every,
-                        checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
+                        checkpoint_every=args.checkpoint_every, progress=not args.no_progress,
+                        packed=args.packed, batch_frames=args.batch_frames)
     return MSTRConfig(**model_kw), train
 
 

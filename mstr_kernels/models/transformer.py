@@ -107,8 +107,12 @@ class PostNormBlock(nn.Module):
         self.norm2 = nn.LayerNorm(F_)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor]) -> torch.Tensor:
-        if isinstance(self.attention, MultiScaleAttention):
+    def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor],
+                cu_seqlens: Optional[torch.Tensor] = None,
+                max_seqlen: Optional[int] = None) -> torch.Tensor:
+        if cu_seqlens is not None:  # packed (total, F); every other layer acts per frame
+            attended = self.attention(x, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)[0]
+        elif isinstance(self.attention, MultiScaleAttention):
             attended = self.attention(x, lengths=lengths)[0]
         else:
             attended = self.attention(x, lengths)
@@ -144,9 +148,18 @@ class SpeechTransformerClassifier(nn.Module):
             elif isinstance(module, nn.LayerNorm):
                 module.reset_parameters()
 
-    def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None, *,
+                cu_seqlens: Optional[torch.Tensor] = None,
+                max_seqlen: Optional[int] = None) -> torch.Tensor:
         """x: (B, T, F) features; lengths: None (all T frames valid) or (B,) valid frame counts.
-        Returns logits (B, num_classes)."""
+        Returns logits (B, num_classes).
+
+        Packed sequences (MSTR only): x (total, F), the N sequences concatenated, and
+        cu_seqlens int32 (N+1,) their cumulative lengths from 0 (see
+        `fractal_attention_varlen`; max_seqlen optional); returns logits (N, num_classes),
+        equal to the padded model's on the same sequences."""
+        if cu_seqlens is not None:
+            return self._forward_packed(x, lengths, cu_seqlens, max_seqlen)
         if x.dim() != 3 or x.shape[-1] != self.config.feature_dim:
             raise ValueError(f"x must be (B, T, feature_dim={self.config.feature_dim}), "
                              f"got shape {tuple(x.shape)}")
@@ -159,6 +172,32 @@ class SpeechTransformerClassifier(nn.Module):
         for block in self.blocks:
             h = block(h, lengths)
         return self.classifier(self.pool(h, lengths))
+
+    def _forward_packed(self, x, lengths, cu_seqlens, max_seqlen):
+        if self.config.attention != "fractal":
+            raise ValueError("packed input (cu_seqlens) needs fractal attention (MSTR); "
+                             "the full-attention baseline takes padded (B, T, F) batches")
+        if lengths is not None:
+            raise ValueError("packed input (cu_seqlens) has no padding: lengths must be None")
+        if x.dim() != 2 or x.shape[-1] != self.config.feature_dim:
+            raise ValueError(f"with cu_seqlens, x must be packed (total, feature_dim="
+                             f"{self.config.feature_dim}), got shape {tuple(x.shape)}")
+        h = self.input_norm(x)
+        for block in self.blocks:
+            h = block(h, None, cu_seqlens, max_seqlen)
+        return self.classifier(self.pool_packed(h, cu_seqlens))
+
+    @staticmethod
+    def pool_packed(h: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+        """(total, F) -> (N, F): the mean over each sequence's frames (0 for an empty one), a
+        segment reduction (index_add over each frame's sequence index), no loop over sequences."""
+        n_seqs = cu_seqlens.shape[0] - 1
+        rows = torch.arange(h.shape[0], device=h.device)
+        seq = torch.searchsorted(cu_seqlens[1:].to(h.device), rows.to(cu_seqlens.dtype),
+                                 right=True)
+        summed = h.new_zeros((n_seqs, h.shape[1])).index_add(0, seq, h)
+        counts = (cu_seqlens[1:] - cu_seqlens[:-1]).to(device=h.device, dtype=h.dtype)
+        return summed / counts.clamp(min=1)[:, None]
 
     @staticmethod
     def pool(h: torch.Tensor, lengths: Optional[torch.Tensor]) -> torch.Tensor:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import fractal_attention, require_all
+from ..ops import fractal_attention, fractal_attention_varlen, require_all
 
 
 def check_attention_args(*, p, levels, backend, scale=None) -> None:
@@ -183,8 +183,12 @@ class MultiScaleAttention(MHAProjections):
                 value: Optional[torch.Tensor] = None, key_padding_mask: Optional[torch.Tensor] = None,
                 need_weights: bool = False, attn_mask: Optional[torch.Tensor] = None,
                 average_attn_weights: bool = True, is_causal: bool = False, *,
-                lengths: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, None]:
-        """query: (B, T, E). Returns (output (B, T, E), None) like nn.MultiheadAttention."""
+                lengths: Optional[torch.Tensor] = None, cu_seqlens: Optional[torch.Tensor] = None,
+                max_seqlen: Optional[int] = None) -> Tuple[torch.Tensor, None]:
+        """query: (B, T, E). Returns (output (B, T, E), None) like nn.MultiheadAttention.
+
+        Packed sequences: query (total, E) and cu_seqlens (N+1,) int32, as for
+        `fractal_attention_varlen` (max_seqlen optional); returns (output (total, E), None)."""
         for name, other in (("key", key), ("value", value)):
             if other is not None and other is not query:
                 raise ValueError(f"MultiScaleAttention is self-attention: {name} must be None or "
@@ -195,6 +199,8 @@ class MultiScaleAttention(MHAProjections):
         if attn_mask is not None or is_causal:
             raise ValueError("attn_mask and is_causal are not supported: fractal attention has "
                              "its own window structure; give padding as key_padding_mask or lengths")
+        if cu_seqlens is not None:
+            return self._forward_packed(query, key_padding_mask, lengths, cu_seqlens, max_seqlen)
         if query.dim() != 3 or query.shape[-1] != self.embed_dim:
             raise ValueError(f"query must be (B, T, embed_dim={self.embed_dim}), "
                              f"got shape {tuple(query.shape)}")
@@ -212,6 +218,21 @@ class MultiScaleAttention(MHAProjections):
         out = fractal_attention(q, k, v, p=self.p, levels=self.levels, lengths=lengths,
                                 scale=self.scale, backend=self.backend)
         return self.out_proj(out.transpose(1, 2).reshape(B, T, E)), None
+
+    def _forward_packed(self, query, key_padding_mask, lengths, cu_seqlens, max_seqlen):
+        if key_padding_mask is not None or lengths is not None:
+            raise ValueError("packed input (cu_seqlens) has no padding: key_padding_mask and "
+                             "lengths must be None")
+        if query.dim() != 2 or query.shape[-1] != self.embed_dim:
+            raise ValueError(f"with cu_seqlens, query must be packed (total, embed_dim="
+                             f"{self.embed_dim}), got shape {tuple(query.shape)}")
+        total, E = query.shape
+        qkv = self.in_proj(query).view(total, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.unbind(1)  # (total, H, D) views
+        out = fractal_attention_varlen(q, k, v, cu_seqlens, max_seqlen=max_seqlen, p=self.p,
+                                       levels=self.levels, scale=self.scale,
+                                       backend=self.backend)
+        return self.out_proj(out.reshape(total, E)), None
 
     def extra_repr(self) -> str:
         return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, p={self.p}, "

@@ -26,6 +26,7 @@ log = logging.getLogger("mstr_kernels")
 
 HALF = (torch.float16, torch.bfloat16)
 FRACTAL_ATTENTION = "fractal_attention"  # the padded op of SPEC section 1
+FRACTAL_ATTENTION_VARLEN = "fractal_attention_varlen"  # packed sequences, SPEC section 1b
 
 # How `fractal_attention` calls a backend (Backend.call):
 EXTENSION = "extension"  # the C++ op mstr_kernels::fractal_attention_ext_fwd, autograd in C++
@@ -58,6 +59,10 @@ class Backend:
     auto_devices: Optional[Tuple[str, ...]] = None
     ops: Tuple[str, ...] = (FRACTAL_ATTENTION,)
     call: str = CUSTOM_OP
+    # With FRACTAL_ATTENTION_VARLEN in `ops`: loads the module with
+    # `fractal_attention_varlen_fwd(q, k, v, tiles, p, levels, scale)` and `..._bwd(dout, q, k,
+    # v, tiles, p, levels, scale)` (ops/varlen.py).
+    varlen_loader: Optional[Callable[[], object]] = field(repr=False, compare=False, default=None)
 
     def _load(self):
         # A plain memo, not functools.cached_property: Python <= 3.11's takes an RLock.
@@ -115,6 +120,13 @@ def _load_triton():
     return triton_fractal
 
 
+def _load_varlen(module: str):
+    def load():
+        import importlib
+        return importlib.import_module(f".{module}", __package__)
+    return load
+
+
 def _load_extension(device: str):
     def load():
         from . import extension
@@ -126,16 +138,20 @@ _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 # Under TRITON_INTERPRET=1 Triton runs its kernels on CPU tensors (how CI tests them); `auto`
 # still never picks the interpreter for CPU inputs.
 _TRITON_DEVICES = ("cuda", "cpu") if os.environ.get("TRITON_INTERPRET") == "1" else ("cuda",)
+_BOTH = (FRACTAL_ATTENTION, FRACTAL_ATTENTION_VARLEN)
 
 BACKENDS: Dict[str, Backend] = {b.name: b for b in (
     Backend("cuda", "fused CUDA C++ kernels (csrc/, mstr_kernels._C)", ("cuda",), _FLOATS,
             loader=_load_extension("cuda"), call=EXTENSION),
     Backend("triton", "fused Triton kernels, one launch forward and one backward",
-            _TRITON_DEVICES, _FLOATS, loader=_load_triton, auto_devices=("cuda",)),
+            _TRITON_DEVICES, _FLOATS, loader=_load_triton, auto_devices=("cuda",), ops=_BOTH,
+            varlen_loader=_load_varlen("triton_fractal_varlen")),
     Backend("cpu", "fused C++ CPU kernels with ATen parallel_for (csrc/)", ("cpu",),
-            _FLOATS + (torch.float64,), loader=_load_extension("cpu"), call=EXTENSION),
+            _FLOATS + (torch.float64,), loader=_load_extension("cpu"), call=EXTENSION, ops=_BOTH,
+            varlen_loader=_load_varlen("varlen_cpu")),
     Backend("reference", "plain PyTorch ops, autograd by PyTorch", ("cpu", "cuda"),
-            _FLOATS + (torch.float64,), fused=False, loader=_load_reference, call=PLAIN),
+            _FLOATS + (torch.float64,), fused=False, loader=_load_reference, call=PLAIN,
+            ops=_BOTH, varlen_loader=_load_varlen("varlen_reference")),
 )}
 
 # `auto` tries these in order, the fastest first (measured: benchmarks/results/*.json; the

@@ -127,7 +127,8 @@ def fractal_bwd_kernel(
         HAS_LENGTHS: tl.constexpr, P_WIN: tl.constexpr, LEVELS: tl.constexpr,
         TILE: tl.constexpr, N_ROWS: tl.constexpr, DS: tl.constexpr,
         PROGRAM_STRIDE: tl.constexpr, BR: tl.constexpr, BR_LEVEL: tl.constexpr,
-        BR_POOL: tl.constexpr, BD: tl.constexpr):
+        BR_POOL: tl.constexpr, BD: tl.constexpr,
+        VARLEN: tl.constexpr = False):
     pid = tl.program_id(0)
     region = N_ROWS * DS
     scr_q = scratch_ptr + pid.to(tl.int64) * PROGRAM_STRIDE
@@ -141,7 +142,8 @@ def fractal_bwd_kernel(
     scr_stats = scr_dy + TILE * DS  # 3 x TILE: m, 1/l, <dY, Y> of the level in progress
 
     for tile_id in range(pid, total_tiles, tl.num_programs(0)):
-        b, h, t0, n_t = _tile_coords(tile_id, H, n_tiles, T, lengths_ptr, HAS_LENGTHS, TILE)
+        b, h, t0, n_t, n_frames = _tile_coords(tile_id, H, n_tiles, T, lengths_ptr,
+                                                HAS_LENGTHS, TILE, VARLEN)
         g_base = do_ptr + b * sgb + h * sgh + t0.to(tl.int64) * sgt
         q_base = q_ptr + b * sqb + h * sqh + t0.to(tl.int64) * sqt
         k_base = k_ptr + b * skb + h * skh + t0.to(tl.int64) * skt
@@ -189,7 +191,6 @@ def fractal_bwd_kernel(
                 RB -= TILE // S
 
         # Level 1 on the raw frames; writes every frame of the tile below T once (0 for padding).
-        n_frames = tl.minimum(T - t0, TILE)
         n_parent = tl.where(LEVELS > 1, n_t, 0)  # levels == 1: no parent
         o_off = b * sob + h * soh + t0.to(tl.int64) * sot
         _query_pass(q_base, sqt, sqd, k_base, skt, skd, v_base, svt, svd, g_base, sgt, sgd,

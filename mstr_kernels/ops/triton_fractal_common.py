@@ -29,20 +29,29 @@ def _gelu_grad(x):
 
 @triton.jit
 def _tile_coords(tile_id, H, n_tiles, T, lengths_ptr, HAS_LENGTHS: tl.constexpr,
-                 TILE: tl.constexpr):
-    """(b, h) as int64, first frame t0 (int64) and valid frames n_t of tile `tile_id`; heads vary
-    fastest so neighbouring programs read neighbouring memory of a (B, T, H, D) projection."""
+                 TILE: tl.constexpr, VARLEN: tl.constexpr):
+    """(b, h) as int64, first frame t0, valid frames n_t and frames to write n_frames of tile
+    `tile_id`; heads vary fastest so neighbouring programs read neighbouring memory of a (B, T,
+    H, D) projection. VARLEN (packed sequences, ops/varlen.py): lengths_ptr is the (2, n_tiles)
+    work list of first rows and valid rows, b is 0 and only valid rows are written."""
     h = tile_id % H
     rest = tile_id // H
-    tile = rest % n_tiles
-    b = rest // n_tiles
-    if HAS_LENGTHS:
-        n = tl.load(lengths_ptr + b)
+    if VARLEN:
+        b = rest * 0
+        t0 = tl.load(lengths_ptr + rest)
+        n_t = tl.load(lengths_ptr + n_tiles + rest)
+        n_frames = n_t
     else:
-        n = T
-    t0 = tile * TILE
-    n_t = tl.minimum(tl.maximum(n - t0, 0), TILE)
-    return b.to(tl.int64), h.to(tl.int64), t0, n_t
+        tile = rest % n_tiles
+        b = rest // n_tiles
+        if HAS_LENGTHS:
+            n = tl.load(lengths_ptr + b)
+        else:
+            n = T
+        t0 = tile * TILE
+        n_t = tl.minimum(tl.maximum(n - t0, 0), TILE)
+        n_frames = tl.minimum(T - t0, TILE)
+    return b.to(tl.int64), h.to(tl.int64), t0, n_t, n_frames
 
 
 @triton.jit

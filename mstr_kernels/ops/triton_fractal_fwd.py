@@ -78,7 +78,8 @@ def fractal_fwd_kernel(
         HAS_LENGTHS: tl.constexpr, P_WIN: tl.constexpr, LEVELS: tl.constexpr,
         TILE: tl.constexpr, N_ROWS: tl.constexpr, DS: tl.constexpr,
         PROGRAM_STRIDE: tl.constexpr, BR: tl.constexpr, BR_LEVEL: tl.constexpr,
-        BR_POOL: tl.constexpr, BD: tl.constexpr, LEVEL1_FIRST: tl.constexpr):
+        BR_POOL: tl.constexpr, BD: tl.constexpr, LEVEL1_FIRST: tl.constexpr,
+        VARLEN: tl.constexpr = False):
     pid = tl.program_id(0)
     region = N_ROWS * DS
     scr_q = scratch_ptr + pid.to(tl.int64) * PROGRAM_STRIDE
@@ -88,7 +89,8 @@ def fractal_fwd_kernel(
     scr_g = scr_z + region  # GELU(Y_1), with LEVEL1_FIRST only
 
     for tile_id in range(pid, total_tiles, tl.num_programs(0)):
-        b, h, t0, n_t = _tile_coords(tile_id, H, n_tiles, T, lengths_ptr, HAS_LENGTHS, TILE)
+        b, h, t0, n_t, n_frames = _tile_coords(tile_id, H, n_tiles, T, lengths_ptr,
+                                                HAS_LENGTHS, TILE, VARLEN)
         q_base = q_ptr + b * sqb + h * sqh + t0.to(tl.int64) * sqt
         k_base = k_ptr + b * skb + h * skh + t0.to(tl.int64) * skt
         v_base = v_ptr + b * svb + h * svh + t0.to(tl.int64) * svt
@@ -130,7 +132,6 @@ def fractal_fwd_kernel(
         # Level 1 on the raw frames (or, after LEVEL1_FIRST, its GELU from scratch); writes
         # every frame of the tile below T once (0 for padding).
         o_base = out_ptr + b * sob + h * soh + t0.to(tl.int64) * sot
-        n_frames = tl.minimum(T - t0, TILE)
         for r0 in range(0, n_frames, BR):
             rows = r0 + tl.arange(0, BR)
             ok = rows < n_t

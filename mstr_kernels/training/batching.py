@@ -143,3 +143,73 @@ class PadCollate:
         labels = torch.full((rows,), IGNORE_LABEL, dtype=torch.int64)
         labels[:n] = torch.tensor([int(y) for _, y in items], dtype=torch.int64)
         return x, lengths, labels
+
+
+class PackedBatchSampler(Sampler[List[int]]):
+    """Packed batches of about `batch_frames` frames: the counterpart of LengthBucketBatchSampler
+    for packed input (`mstr train --packed`), where a batch costs its frames, not its longest
+    item times its size, so no sorting by length is needed.
+
+    Each epoch shuffles the items with a generator seeded by (seed, epoch) and cuts the order
+    greedily: a batch takes items while its frames stay within `batch_frames` (an item longer
+    than that makes a batch of its own) and holds at least `world_size` items, which DDP splits
+    between the ranks as LengthBucketBatchSampler's batches are."""
+
+    def __init__(self, lengths: Sequence[int], batch_frames: int, *, shuffle: bool = True,
+                 seed: int = 0, rank: int = 0, world_size: int = 1):
+        if batch_frames < 1:
+            raise ValueError(f"batch_frames={batch_frames} must be >= 1")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
+        self.lengths = list(lengths)
+        self.batch_frames, self.shuffle = batch_frames, shuffle
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Which epoch's order to produce, and the global batch to start from (resume)."""
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def global_batches(self) -> List[List[int]]:
+        n = len(self.lengths)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(n, generator=g).tolist()
+        else:
+            order = list(range(n))
+        batches, batch, frames = [], [], 0
+        for i in order:
+            if len(batch) >= self.world_size and frames + self.lengths[i] > self.batch_frames:
+                batches.append(batch)
+                batch, frames = [], 0
+            batch.append(i)
+            frames += self.lengths[i]
+        if batch:
+            if len(batch) < self.world_size and batches:
+                batches[-1].extend(batch)  # too few items to give every rank one
+            else:
+                batches.append(batch)
+        return batches
+
+    def __iter__(self) -> Iterator[List[int]]:
+        for batch in self.global_batches()[self.start_batch:]:
+            yield batch[self.rank::self.world_size]
+
+    def __len__(self) -> int:
+        return max(0, len(self.global_batches()) - self.start_batch)
+
+
+class PackCollate:
+    """Items (features (T, F), label) -> (x (total, F) the items' frames concatenated, lengths
+    (B,), labels (B,)); `cu_seqlens(lengths)` gives the model's cu_seqlens."""
+
+    def __call__(self, items):
+        feats = [torch.as_tensor(f) for f, _ in items]
+        lengths = torch.tensor([f.shape[0] for f in feats], dtype=torch.int64)
+        labels = torch.tensor([int(y) for _, y in items], dtype=torch.int64)
+        return torch.cat(feats), lengths, labels
+
+
+def cu_seqlens(lengths: torch.Tensor) -> torch.Tensor:
+    """(N,) lengths -> int32 (N+1,) cumulative lengths from 0, on lengths' device (no sync)."""
+    return torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)

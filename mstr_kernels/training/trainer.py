@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 from ..models import MSTRConfig, build_model
 from ..models.training_speed import (COMPILE_MODES, compile_by_default, compile_model,
                                      make_adam)
-from .batching import (IGNORE_LABEL, LengthBucketBatchSampler, PadCollate, length_buckets,
-                       sequence_lengths)
+from .batching import (IGNORE_LABEL, LengthBucketBatchSampler, PackCollate, PackedBatchSampler,
+                       PadCollate, cu_seqlens, length_buckets, sequence_lengths)
 from .checkpoint import load_checkpoint, prefixed, restore_optimizer, save_checkpoint
 from .distributed import DistContext, all_gather_rows
 from .metrics import METRICS, classification_metrics
@@ -48,6 +48,11 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 0  # optimizer steps between mid-epoch checkpoints (0: epoch ends)
     progress: bool = True
+    # Packed batches (MSTR only): the items' frames concatenated, no padding. batch_frames N:
+    # batches of about N frames (PackedBatchSampler); None: the length-bucketed batches of
+    # batch_size items, packed (the same batches, so the same metrics, as the padded run).
+    packed: bool = False
+    batch_frames: Optional[int] = None
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -60,6 +65,10 @@ class TrainConfig:
             raise ValueError(f"amp={self.amp!r} must be one of {sorted(AMP_DTYPES)}")
         if self.compile_mode is not None and self.compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile_mode={self.compile_mode!r} must be one of {COMPILE_MODES}")
+        if self.packed and self.fixed_length is not None:
+            raise ValueError("packed=True trains without padding: fixed_length must be None")
+        if self.batch_frames is not None and (not self.packed or self.batch_frames < 1):
+            raise ValueError(f"batch_frames={self.batch_frames} needs packed=True and must be >= 1")
         if self.select_metric not in METRICS:
             raise ValueError(f"select_metric={self.select_metric!r} must be one of {METRICS}")
 
@@ -104,6 +113,26 @@ def _batch_shapes(model_config: MSTRConfig, datasets, config: "TrainConfig", wor
         return None, rows
     longest = max(max(sequence_lengths(d), default=1) for d in datasets)
     return length_buckets(longest, model_config.p ** model_config.levels), rows
+
+
+def _train_logits(net, x, lengths, config: TrainConfig):
+    if config.packed:
+        return net(x, cu_seqlens=cu_seqlens(lengths))
+    return net(x, None if config.fixed_length else lengths)
+
+
+def _train_batches(fold, config: TrainConfig, seed: int, ctx: DistContext, buckets, rows):
+    """The training batch sampler and collate: length buckets, or packed batches."""
+    lengths = sequence_lengths(fold.train)
+    if config.batch_frames:
+        sampler = PackedBatchSampler(lengths, config.batch_frames, seed=seed, rank=ctx.rank,
+                                     world_size=ctx.world_size)
+    else:
+        sampler = LengthBucketBatchSampler(lengths, config.batch_size, seed=seed, rank=ctx.rank,
+                                           world_size=ctx.world_size)
+    if config.packed:
+        return sampler, PackCollate()
+    return sampler, PadCollate(config.fixed_length, buckets=buckets, rows=rows)
 
 
 def _loader(dataset, batch_sampler, collate, device, workers, generator=None):
@@ -155,6 +184,9 @@ def train_run(model_name: str, model_config: MSTRConfig, bundle, fold, config: T
     run_dir/best.safetensors (the validation-selected model). step_hook(global_step) is called
     after every optimizer step."""
     device = resolve_device(config.device, ctx)
+    if config.packed and model_name != "mstr":
+        raise ValueError(f"packed batches need fractal attention (model 'mstr'), got "
+                         f"model={model_name!r}")
     last_path, best_path = os.path.join(run_dir, "last.safetensors"), \
         os.path.join(run_dir, "best.safetensors")
     seed_everything(seed)
@@ -215,9 +247,7 @@ def train_run(model_name: str, model_config: MSTRConfig, bundle, fold, config: T
                                                                graphs=graphs)
         net = compiled
 
-    sampler = LengthBucketBatchSampler(sequence_lengths(fold.train), config.batch_size,
-                                       seed=seed, rank=ctx.rank, world_size=ctx.world_size)
-    collate = PadCollate(config.fixed_length, buckets=buckets, rows=rows)
+    sampler, collate = _train_batches(fold, config, seed, ctx, buckets, rows)
     loader = _loader(fold.train, sampler, collate, device, config.workers,
                      generator=torch.Generator().manual_seed(seed))
     eval_kw = dict(batch_size=2 * config.batch_size, fixed_length=config.fixed_length,
@@ -250,7 +280,7 @@ def train_run(model_name: str, model_config: MSTRConfig, bundle, fold, config: T
             frames, items = int(lengths.sum()), int((y != IGNORE_LABEL).sum())
             x, lengths, y = (t.to(device, non_blocking=True) for t in (x, lengths, y))
             with _autocast(device, config.amp):
-                logits = net(x, None if config.fixed_length else lengths)
+                logits = _train_logits(net, x, lengths, config)
             loss_sum = F.cross_entropy(logits.float(), y, reduction="sum")
             # DDP averages gradients over ranks: scaling each rank's sum by W / global batch
             # size makes that average the mean loss of the global batch, as in one process.
