@@ -1,0 +1,578 @@
+// Forward of fractal attention specialised at compile time on p, levels and the head dim D
+// (the general kernels, fractal_tile.cuh, take every other input). Written against a "block"
+// interface so that the same code runs as a CUDA thread block (fractal_spec_cuda.cu) and on the
+// host (tests/cuda_host/tile_on_host.cpp):
+//   blk.tid, blk.sync() (__syncthreads), blk.xor_add<N>(float (&v)[N], mask): v += v of lane
+//   (lane ^ mask) for every element (__shfl_xor_sync; the host emulates it per warp of 32).
+//
+// Mapping. A block item is F = M * p**levels consecutive frames of one (batch, head): M whole
+// tiles, so that every window of every level lies inside the item and small tiles still give a
+// block enough work. Each thread owns 8 channels of one level-1 window ("lane" c of the G = D/8
+// lanes of that window, G consecutive lanes of one warp): p x p partial dot products over its 8
+// channels, finished by a log2(G)-step butterfly, softmax with exp2, P.V, GELU, all in
+// registers. Pooled levels (rows = sums of p rows below, fp32 in shared memory, counts for
+// tails) are computed the same way, every level at once, before level 1; level 1 then adds the
+// pooled GELU rows of its window (the same for its p frames: nearest upsampling) and writes
+// each output row once, 16-byte vectors, whole 128-byte lines per warp at D=64 bf16.
+// The item's q, k, v are copied into shared memory with cp.async (16 bytes, zero-filled for
+// frames past the valid length), the next item's copies in flight while this one computes when
+// two stages fit. Every phase is straight-line code over compile-time counts; no atomics.
+#pragma once
+
+#include <type_traits>
+
+#include "fractal_tile_common.cuh"
+
+namespace mstr_kernels {
+namespace spec {
+
+using tile::float4;
+using tile::kVecBytes;
+using tile::TensorRef;
+using tile::uint4;
+
+constexpr int ipow(int b, int e) { return e == 0 ? 1 : b * ipow(b, e - 1); }
+constexpr int ilog2(int x) { return x <= 1 ? 0 : 1 + ilog2(x / 2); }
+constexpr int cdiv(int a, int b) { return (a + b - 1) / b; }
+
+// f(std::integral_constant<int, i>{}) for i = A .. B-1: compile-time loop indices.
+template <int A, int B, class Fn>
+MSTR_DEV void static_for(Fn&& fn) {
+  if constexpr (A < B) {
+    fn(std::integral_constant<int, A>{});
+    static_for<A + 1, B>(fn);
+  }
+}
+
+constexpr int kChannels = 8;                 // channels per thread
+constexpr int kSmemTwoBlocks = 113 * 1024;   // per block, for 2 blocks per SM (sm_90: 228 KiB)
+constexpr int kSmemLimit = 227 * 1024;       // sm_90 opt-in per block
+
+enum class Gelu { kErf, kTanh };  // kTanh: hardware tanh form, half precision only
+
+template <typename T, int kP, int kL, int kD>
+struct Config {
+  static_assert(kD % (2 * kChannels) == 0 || kD == kChannels * 4, "D in {32, 64, 128}");
+  static constexpr int p = kP, levels = kL, D = kD;
+  static constexpr int P = ipow(kP, kL);            // frames per tile
+  static constexpr int M = P >= 64 ? 1 : 96 / P;    // tiles per item
+  static constexpr int F = P * M;                   // frames per item
+  static constexpr int G = kD / kChannels;          // lanes per window: 4, 8 or 16
+  static constexpr int W = kVecBytes / int(sizeof(T));  // elements per 16-byte vector
+  static constexpr int U = kChannels / W;           // vectors per thread and row: 1 or 2
+  static constexpr int VPR = kD / W;                // vectors per row
+  static constexpr int N1 = F / kP;                 // level-1 windows
+  // Pooled levels l = 2..L: rows(l) = F / p**(l-1) rows of S(l) = p**(l-1) frames, the first at
+  // pool_off(l) in the pooled arrays; windows(l) windows.
+  static constexpr int S(int l) { return ipow(kP, l - 1); }
+  static constexpr int rows(int l) { return F / ipow(kP, l - 1); }
+  static constexpr int windows(int l) { return rows(l) / kP; }
+  static constexpr int pool_off(int l) {
+    int off = 0;
+    for (int m = 2; m < l; ++m) off += rows(m);
+    return off;
+  }
+  static constexpr int R_pool = pool_off(kL + 1);
+  // Pooled attention: level l on whole warps warp_off(l) .. warp_off(l + 1) - 1, round-robin
+  // over the block's warps (a warp never mixes levels: no divergence).
+  static constexpr int warps_of(int l) { return cdiv(windows(l) * G, 32); }
+  static constexpr int warp_off(int l) {
+    int off = 0;
+    for (int m = 2; m < l; ++m) off += warps_of(m);
+    return off;
+  }
+  // Shared memory: raw q, k, v per stage (as in global memory), then fp32 pooled sums of q, k,
+  // v and the pooled GELU rows (R_pool rows of D floats each).
+  static constexpr int raw_bytes = 3 * F * kD * int(sizeof(T));
+  static constexpr int pooled_floats = 4 * (R_pool > 0 ? R_pool : 1) * kD;
+  static constexpr int pooled_bytes = pooled_floats * 4;
+  static constexpr int stages = 2 * raw_bytes + pooled_bytes <= kSmemTwoBlocks ? 2
+                                : raw_bytes + pooled_bytes <= kSmemTwoBlocks    ? 1
+                                : 2 * raw_bytes + pooled_bytes <= kSmemLimit    ? 2
+                                                                                : 1;
+  static constexpr int smem_bytes = stages * raw_bytes + pooled_bytes;
+  static constexpr bool fits = smem_bytes <= kSmemLimit;
+  static constexpr int min_blocks = smem_bytes <= kSmemTwoBlocks ? 2 : 1;
+  static constexpr int max_threads = min_blocks == 2 ? 256 : 512;
+  static constexpr int items1 = N1 * G;  // level-1 (window, lane) items
+  static constexpr int rounds1 = cdiv(items1, max_threads);
+  static constexpr int threads = cdiv(cdiv(items1, rounds1), 32) * 32;
+  static constexpr int pool_warps = warp_off(kL + 1);
+  static constexpr int rounds_pool = cdiv(pool_warps, threads / 32);
+  static constexpr int copies = 3 * F * VPR;  // 16-byte copies per item
+  static constexpr int rounds_copy = cdiv(copies, threads);
+  static constexpr Gelu gelu = sizeof(T) == 2 ? Gelu::kTanh : Gelu::kErf;
+};
+
+template <typename T>
+struct ForwardArgs {
+  TensorRef<const T> q, k, v;
+  TensorRef<T> out;
+  const int* lengths;  // nullptr: every frame is valid
+  int64_t T_len;
+  int H, n_super, n_items;  // n_items = B * H * n_super < 2**31 (checked by the launcher)
+  float scale_log2;  // scale * log2(e): softmax in base 2
+};
+
+// ---- arithmetic -----------------------------------------------------------------------------
+
+MSTR_DEV float ex2(float x) {
+#if defined(__CUDA_ARCH__)
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#else
+  return exp2f(x);
+#endif
+}
+
+MSTR_DEV float rcp(float x) {
+#if defined(__CUDA_ARCH__)
+  float y;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#else
+  return 1.0f / x;
+#endif
+}
+
+MSTR_DEV float tanh_fast(float x) {
+#if defined(__CUDA_ARCH__)
+  float y;
+  asm("tanh.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#else
+  return tanhf(x);
+#endif
+}
+
+// GELU, erf form: Abramowitz-Stegun 7.1.26 for erfc (|error| < 1.5e-7), the negative tail as
+// poly * exp(-z^2) directly (no cancellation).
+MSTR_DEV float gelu_erf(float x) {
+  const float z = fabsf(x) * 0.70710678118654752f;
+  const float t = rcp(fmaf(0.3275911f, z, 1.0f));
+  float poly = 1.061405429f;
+  poly = fmaf(poly, t, -1.453152027f);
+  poly = fmaf(poly, t, 1.421413741f);
+  poly = fmaf(poly, t, -0.284496736f);
+  poly = fmaf(poly, t, 0.254829592f);
+  const float tail = 0.5f * poly * t * ex2(-z * z * 1.4426950408889634f);  // erfc(z) / 2
+  return x * (x >= 0.0f ? 1.0f - tail : tail);
+}
+
+// GELU, tanh form: x * (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2. Within the bfloat16 and
+// float16 bounds of SPEC section 1, not float32's: used for half-precision inputs only.
+MSTR_DEV float gelu_tanh(float x) {
+  const float u = x * fmaf(0.0356774081f, x * x, 0.7978845608f);
+  return x * fmaf(0.5f, tanh_fast(u), 0.5f);
+}
+
+template <Gelu kForm>
+MSTR_DEV float gelu(float x) {
+  if constexpr (kForm == Gelu::kTanh) {
+    return gelu_tanh(x);
+  } else {
+    return gelu_erf(x);
+  }
+}
+
+// ---- shared-memory rows ---------------------------------------------------------------------
+
+// Raw rows (T, as in global memory): lane c's channels are the vectors c + G*u, u < U.
+template <class Cfg, typename T>
+MSTR_DEV void load_raw(const T* row, int c, float (&x)[kChannels]) {
+#pragma unroll
+  for (int u = 0; u < Cfg::U; ++u) {
+    const uint4 raw = *reinterpret_cast<const uint4*>(row + (c + Cfg::G * u) * Cfg::W);
+    if constexpr (sizeof(T) == 4) {
+      float4 f;
+      memcpy(&f, &raw, kVecBytes);
+      x[4 * u] = f.x; x[4 * u + 1] = f.y; x[4 * u + 2] = f.z; x[4 * u + 3] = f.w;
+    } else {
+      T tmp[8];
+      memcpy(tmp, &raw, kVecBytes);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) x[e] = static_cast<float>(tmp[e]);
+    }
+  }
+}
+
+template <class Cfg, typename T>
+MSTR_DEV void store_out(T* row, int c, const float (&x)[kChannels]) {
+#pragma unroll
+  for (int u = 0; u < Cfg::U; ++u) {
+    T tmp[Cfg::W];
+#pragma unroll
+    for (int e = 0; e < Cfg::W; ++e) tmp[e] = static_cast<T>(x[u * Cfg::W + e]);
+    uint4 raw;
+    memcpy(&raw, tmp, kVecBytes);
+    *reinterpret_cast<uint4*>(row + (c + Cfg::G * u) * Cfg::W) = raw;
+  }
+}
+
+// Pooled fp32 rows: lane c's 8 values are the quads c and c + G (conflict-free 16-byte access
+// by the 8 lanes of a quarter warp).
+template <class Cfg>
+MSTR_DEV void load_pooled(const float* row, int c, float (&x)[kChannels]) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const float4 f = reinterpret_cast<const float4*>(row)[c + Cfg::G * h];
+    x[4 * h] = f.x; x[4 * h + 1] = f.y; x[4 * h + 2] = f.z; x[4 * h + 3] = f.w;
+  }
+}
+
+template <class Cfg>
+MSTR_DEV void store_pooled(float* row, int c, const float (&x)[kChannels]) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    reinterpret_cast<float4*>(row)[c + Cfg::G * h] =
+        float4{x[4 * h], x[4 * h + 1], x[4 * h + 2], x[4 * h + 3]};
+  }
+}
+
+// ---- async copies ---------------------------------------------------------------------------
+
+// 16 bytes global -> shared, zero-filled when !valid (the source is then not read).
+MSTR_DEV void copy16(void* dst, const void* src, bool valid) {
+#if defined(__CUDA_ARCH__)
+  const unsigned dst_s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  const int n = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst_s), "l"(src), "r"(n));
+#else
+  if (valid) {
+    std::memcpy(dst, src, kVecBytes);
+  } else {
+    std::memset(dst, 0, kVecBytes);
+  }
+#endif
+}
+
+MSTR_DEV void copy_commit() {
+#if defined(__CUDA_ARCH__)
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+
+template <int kPending>
+MSTR_DEV void copy_wait() {
+#if defined(__CUDA_ARCH__)
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+#endif
+}
+
+// Where an item lies: (b, super-tile, h) with h fastest (neighbouring blocks read neighbouring
+// memory of a (B, T, 3, H, D) projection).
+struct Item {
+  int64_t b, h, t0;
+  int frames;  // frames of the item inside the sequence (<= F)
+  int n;       // valid frames: 0 <= n <= frames
+};
+
+template <class Cfg, typename T>
+MSTR_DEV Item locate(const ForwardArgs<T>& a, int item) {
+  Item it;
+  const unsigned rest = unsigned(item) / unsigned(a.H);
+  it.h = unsigned(item) - rest * unsigned(a.H);
+  const unsigned s = rest % unsigned(a.n_super);
+  it.b = rest / unsigned(a.n_super);
+  it.t0 = s * Cfg::F;
+  const int64_t left = a.T_len - it.t0;
+  it.frames = int(left < Cfg::F ? left : Cfg::F);
+  const int64_t len = a.lengths ? int64_t(a.lengths[it.b]) : a.T_len;
+  const int64_t valid = len - it.t0;
+  it.n = int(valid < 0 ? 0 : (valid > it.frames ? it.frames : valid));
+  return it;
+}
+
+template <typename T>
+MSTR_DEV const T* row_ptr(const TensorRef<const T>& x, const Item& it, int t) {
+  return x.ptr + it.b * x.sb + it.h * x.sh + (it.t0 + t) * x.st;
+}
+
+// The item's q, k, v rows into `raw` (tensor-major, rows of D), VPR threads per row; rows of
+// frames past the valid length are zero-filled without reading them.
+template <class Cfg, typename T, class Block>
+MSTR_DEV void issue_copies(const Block& blk, const ForwardArgs<T>& a, T* raw, int item) {
+  constexpr int F = Cfg::F, D = Cfg::D, VPR = Cfg::VPR;
+  static_assert(Cfg::threads % VPR == 0, "whole rows per round");
+  constexpr int rows_per_round = Cfg::threads / VPR;
+  const Item it = locate<Cfg>(a, item);
+  const int vec = blk.tid % VPR, t_first = blk.tid / VPR;
+#pragma unroll
+  for (int x = 0; x < 3; ++x) {
+    const TensorRef<const T>& src = x == 0 ? a.q : (x == 1 ? a.k : a.v);
+    const T* base = row_ptr(src, it, 0) + vec * Cfg::W;
+    T* dst = raw + (x * F + t_first) * D + vec * Cfg::W;
+#pragma unroll
+    for (int r = 0; r < cdiv(F, rows_per_round); ++r) {
+      const int t = t_first + r * rows_per_round;
+      if (F % rows_per_round == 0 || t < F) {
+        const bool valid = t < it.n;
+        copy16(dst + r * rows_per_round * D, valid ? base + int64_t(t) * src.st : base, valid);
+      }
+    }
+  }
+}
+
+// ---- one item -------------------------------------------------------------------------------
+
+template <int kLanes, int N, class Block>
+MSTR_DEV void lane_sum(const Block& blk, float (&v)[N]) {
+#pragma unroll
+  for (int m = kLanes / 2; m >= 1; m /= 2) blk.template xor_add<N>(v, m);
+}
+
+// softmax over the p keys of each of the p queries of a window, in place on logits (base 2);
+// keys with valid[j] false get probability 0; a query row whose keys are all invalid gets 0.
+template <int kP>
+MSTR_DEV void window_softmax(float (&s)[kP][kP], const bool (&valid)[kP]) {
+#pragma unroll
+  for (int i = 0; i < kP; ++i) {
+    float top = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < kP; ++j) top = valid[j] ? fmaxf(top, s[i][j]) : top;
+    float total = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kP; ++j) {
+      s[i][j] = valid[j] ? ex2(s[i][j] - top) : 0.0f;
+      total += s[i][j];
+    }
+    const float inv = total > 0.0f ? rcp(total) : 0.0f;
+#pragma unroll
+    for (int j = 0; j < kP; ++j) s[i][j] *= inv;
+  }
+}
+
+// One pooled window of level l for item k = (window, lane) of that level (lanes past the last
+// window compute on window 0 and store nothing: the warp's shuffles need every lane).
+template <class Cfg, int l, typename T, class Block>
+MSTR_DEV void pooled_window(const Block& blk, const ForwardArgs<T>& a, const Item& it,
+                            const float* psum, float* pgelu, int k, int c) {
+  constexpr int p = Cfg::p, G = Cfg::G, D = Cfg::D, C = kChannels;
+  constexpr int S = Cfg::S(l), off = Cfg::pool_off(l), R = Cfg::R_pool;
+  const bool active = k < Cfg::windows(l) * G;
+  const int j0 = (active ? k / G : 0) * p;  // first row of the window within level l
+  float inv[p];
+  bool valid[p];
+#pragma unroll
+  for (int i = 0; i < p; ++i) {
+    const int left = it.n - (j0 + i) * S;
+    const int cnt = left < S ? left : S;
+    valid[i] = cnt > 0;
+    inv[i] = valid[i] ? rcp(float(cnt)) : 0.0f;
+  }
+  float s[p][p];
+  {
+    float qr[p][C], kr[p][C];
+#pragma unroll
+    for (int i = 0; i < p; ++i) {
+      load_pooled<Cfg>(psum + (0 * R + off + j0 + i) * D, c, qr[i]);
+      load_pooled<Cfg>(psum + (1 * R + off + j0 + i) * D, c, kr[i]);
+    }
+    float part[p * p];
+#pragma unroll
+    for (int i = 0; i < p; ++i) {
+#pragma unroll
+      for (int j = 0; j < p; ++j) {
+        float d = 0.0f;
+#pragma unroll
+        for (int e = 0; e < C; ++e) d = fmaf(qr[i][e], kr[j][e], d);
+        part[i * p + j] = d;
+      }
+    }
+    lane_sum<G>(blk, part);
+#pragma unroll
+    for (int i = 0; i < p; ++i) {
+      const float row_scale = a.scale_log2 * inv[i];
+#pragma unroll
+      for (int j = 0; j < p; ++j) s[i][j] = part[i * p + j] * (row_scale * inv[j]);
+    }
+  }
+  window_softmax<p>(s, valid);
+  float vr[p][C];
+#pragma unroll
+  for (int i = 0; i < p; ++i) load_pooled<Cfg>(psum + (2 * R + off + j0 + i) * D, c, vr[i]);
+#pragma unroll
+  for (int i = 0; i < p; ++i) {
+    float y[C] = {};
+#pragma unroll
+    for (int j = 0; j < p; ++j) {
+      const float w = s[i][j] * inv[j];
+#pragma unroll
+      for (int e = 0; e < C; ++e) y[e] = fmaf(w, vr[j][e], y[e]);
+    }
+#pragma unroll
+    for (int e = 0; e < C; ++e) y[e] = gelu<Cfg::gelu>(y[e]);
+    if (active) store_pooled<Cfg>(pgelu + (off + j0 + i) * D, c, y);
+  }
+}
+
+template <class Cfg, typename T, class Block>
+MSTR_DEV void forward_item(const Block& blk, const ForwardArgs<T>& a, const T* raw, float* pooled,
+                           int item) {
+  constexpr int p = Cfg::p, L = Cfg::levels, G = Cfg::G, D = Cfg::D, F = Cfg::F;
+  constexpr int C = kChannels;
+  const Item it = locate<Cfg>(a, item);
+  float* psum = pooled;                      // [3][R_pool][D]: pooled sums of q, k, v
+  float* pgelu = pooled + 3 * Cfg::R_pool * D;  // [R_pool][D]: GELU(Y) of the pooled rows
+  const int c = blk.tid % G;
+
+  // Pooled sums, level by level: level 2 from the raw frames, level l from level l - 1.
+  static_for<2, L + 1>([&](auto lc) {
+    constexpr int l = decltype(lc)::value;
+    constexpr int n_items = Cfg::rows(l) * G;
+#pragma unroll
+    for (int r = 0; r < cdiv(n_items, Cfg::threads); ++r) {
+      const int k = blk.tid + r * Cfg::threads;
+      if (n_items % Cfg::threads == 0 || k < n_items) {
+        const int j = k / G;
+#pragma unroll
+        for (int x = 0; x < 3; ++x) {
+          float acc[C] = {};
+#pragma unroll
+          for (int i = 0; i < p; ++i) {
+            float row[C];
+            if constexpr (l == 2) {
+              load_raw<Cfg>(raw + (x * F + j * p + i) * D, c, row);
+            } else {
+              constexpr int below = Cfg::pool_off(l - 1);
+              load_pooled<Cfg>(psum + (x * Cfg::R_pool + below + j * p + i) * D, c, row);
+            }
+#pragma unroll
+            for (int e = 0; e < C; ++e) acc[e] += row[e];
+          }
+          constexpr int here = Cfg::pool_off(l);
+          store_pooled<Cfg>(psum + (x * Cfg::R_pool + here + j) * D, c, acc);
+        }
+      }
+    }
+    blk.sync();
+  });
+
+  // Pooled attention, all levels at once: level l's items (window, lane) on its own warps.
+  if constexpr (L >= 2) {
+    const int warp = blk.tid / 32;
+#pragma unroll
+    for (int r = 0; r < Cfg::rounds_pool; ++r) {
+      const int gw = warp + r * (Cfg::threads / 32);  // this warp's index among pooled warps
+      static_for<2, L + 1>([&](auto lc) {
+        constexpr int l = decltype(lc)::value;
+        if (gw < Cfg::warp_off(l) || gw >= Cfg::warp_off(l + 1)) return;
+        const int k = (gw - Cfg::warp_off(l)) * 32 + blk.tid % 32;
+        pooled_window<Cfg, l>(blk, a, it, psum, pgelu, k, c);
+      });
+    }
+    blk.sync();
+  }
+
+  // Level 1: item k = (window w, lane c); frames w*p .. w*p + p - 1.
+#pragma unroll
+  for (int r = 0; r < Cfg::rounds1; ++r) {
+    const int k = blk.tid + r * Cfg::threads;
+    const bool active = k < Cfg::items1;
+    const int w = active ? k / G : 0;
+    bool valid[p];
+#pragma unroll
+    for (int i = 0; i < p; ++i) valid[i] = w * p + i < it.n;
+    float s[p][p];
+    {
+      float qr[p][C], kr[p][C];
+#pragma unroll
+      for (int i = 0; i < p; ++i) {
+        load_raw<Cfg>(raw + (0 * F + w * p + i) * D, c, qr[i]);
+        load_raw<Cfg>(raw + (1 * F + w * p + i) * D, c, kr[i]);
+      }
+      float part[p * p];
+#pragma unroll
+      for (int i = 0; i < p; ++i) {
+#pragma unroll
+        for (int j = 0; j < p; ++j) {
+          float d = 0.0f;
+#pragma unroll
+          for (int e = 0; e < C; ++e) d = fmaf(qr[i][e], kr[j][e], d);
+          part[i * p + j] = d;
+        }
+      }
+      lane_sum<G>(blk, part);
+#pragma unroll
+      for (int i = 0; i < p; ++i) {
+#pragma unroll
+        for (int j = 0; j < p; ++j) s[i][j] = part[i * p + j] * a.scale_log2;
+      }
+    }
+    window_softmax<p>(s, valid);
+    float up[C] = {};  // sum over the pooled levels of the rows above this window
+    static_for<2, L + 1>([&](auto lc) {
+      constexpr int l = decltype(lc)::value;
+      constexpr int span = ipow(p, l - 2), off = Cfg::pool_off(l);  // level-1 windows per row
+      float g[C];
+      load_pooled<Cfg>(pgelu + (off + w / span) * D, c, g);
+#pragma unroll
+      for (int e = 0; e < C; ++e) up[e] += g[e];
+    });
+    float vr[p][C];
+#pragma unroll
+    for (int i = 0; i < p; ++i) load_raw<Cfg>(raw + (2 * F + w * p + i) * D, c, vr[i]);
+#pragma unroll
+    for (int i = 0; i < p; ++i) {
+      float y[C] = {};
+#pragma unroll
+      for (int j = 0; j < p; ++j) {
+#pragma unroll
+        for (int e = 0; e < C; ++e) y[e] = fmaf(s[i][j], vr[j][e], y[e]);
+      }
+#pragma unroll
+      for (int e = 0; e < C; ++e) y[e] = valid[i] ? gelu<Cfg::gelu>(y[e]) + up[e] : 0.0f;
+      const int t = w * p + i;
+      if (active && t < it.frames) {
+        T* dst = a.out.ptr + it.b * a.out.sb + it.h * a.out.sh + (it.t0 + t) * a.out.st;
+        store_out<Cfg>(dst, c, y);
+      }
+    }
+  }
+}
+
+// Shared memory of a block: `stages` raw buffers, then the pooled arrays.
+template <class Cfg, typename T>
+MSTR_DEV T* raw_stage(unsigned char* smem, int stage) {
+  return reinterpret_cast<T*>(smem + stage * Cfg::raw_bytes);
+}
+
+template <class Cfg>
+MSTR_DEV float* pooled_area(unsigned char* smem) {
+  return reinterpret_cast<float*>(smem + Cfg::stages * Cfg::raw_bytes);
+}
+
+// A block's items first, first + stride, ...: the next item's copies are issued before this
+// one's arithmetic (two stages), or after it (one stage).
+template <class Cfg, typename T, class Block>
+MSTR_DEV void forward_block(const Block& blk, const ForwardArgs<T>& a, unsigned char* smem,
+                            int first, int stride) {
+  if (first >= a.n_items) return;
+  float* pooled = pooled_area<Cfg>(smem);
+  issue_copies<Cfg>(blk, a, raw_stage<Cfg, T>(smem, 0), first);
+  copy_commit();
+  int stage = 0;
+  for (int item = first; item < a.n_items; item += stride) {
+    const int next = item + stride;
+    if constexpr (Cfg::stages == 2) {
+      if (next < a.n_items) issue_copies<Cfg>(blk, a, raw_stage<Cfg, T>(smem, stage ^ 1), next);
+      copy_commit();
+      copy_wait<1>();
+    } else {
+      copy_wait<0>();
+    }
+    blk.sync();
+    forward_item<Cfg>(blk, a, raw_stage<Cfg, T>(smem, stage), pooled, item);
+    blk.sync();
+    if constexpr (Cfg::stages == 2) {
+      stage ^= 1;
+    } else {
+      if (next < a.n_items) issue_copies<Cfg>(blk, a, raw_stage<Cfg, T>(smem, 0), next);
+      copy_commit();
+    }
+  }
+}
+
+}  // namespace spec
+}  // namespace mstr_kernels
