@@ -1,6 +1,8 @@
 // CUDA launchers of the fused fractal attention forward and backward: one launch each for the
 // whole batch. A thread block walks (batch, head, tile) items; the tile's work is in
-// fractal_tile.cuh. Inputs are checked in fractal_attention.cpp.
+// fractal_tile.cuh. Inputs are checked in fractal_attention.cpp. The forward first offers the
+// inputs to the kernels specialised on (p, levels, D) (fractal_spec_cuda.cu); these general
+// kernels take whatever those do not cover.
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -12,6 +14,7 @@
 #include <mutex>
 
 #include "../fractal_attention.h"
+#include "fractal_spec_launch.h"
 #include "fractal_tile.cuh"
 
 namespace mstr_kernels {
@@ -171,6 +174,7 @@ void fractal_attention_fwd_cuda(const at::Tensor& q, const at::Tensor& k, const 
                                 const at::Tensor& lengths, const FractalParams& params,
                                 at::Tensor& out) {
   const c10::cuda::CUDAGuard guard(q.device());
+  if (fractal_attention_fwd_cuda_specialised(q, k, v, lengths, params, out)) return;
   AT_DISPATCH_SWITCH(q.scalar_type(), "fractal_attention_fwd_cuda",
     AT_DISPATCH_CASE(at::kFloat, [&] { launch_forward<scalar_t>(q, k, v, lengths, params, out); })
     AT_DISPATCH_CASE(at::kHalf, [&] { launch_forward<scalar_t>(q, k, v, lengths, params, out); })

@@ -73,14 +73,12 @@ struct Config {
     return off;
   }
   static constexpr int R_pool = pool_off(kL + 1);
-  // Pooled attention: level l on whole warps warp_off(l) .. warp_off(l + 1) - 1, round-robin
-  // over the block's warps (a warp never mixes levels: no divergence).
-  static constexpr int warps_of(int l) { return cdiv(windows(l) * G, 32); }
-  static constexpr int warp_off(int l) {
+  static constexpr int win_off(int l) {  // first window of level l among the pooled windows
     int off = 0;
-    for (int m = 2; m < l; ++m) off += warps_of(m);
+    for (int m = 2; m < l; ++m) off += windows(m);
     return off;
   }
+  static constexpr int pool_windows = win_off(kL + 1);
   // Shared memory: raw q, k, v per stage (as in global memory), then fp32 pooled sums of q, k,
   // v and the pooled GELU rows (R_pool rows of D floats each).
   static constexpr int raw_bytes = 3 * F * kD * int(sizeof(T));
@@ -97,8 +95,8 @@ struct Config {
   static constexpr int items1 = N1 * G;  // level-1 (window, lane) items
   static constexpr int rounds1 = cdiv(items1, max_threads);
   static constexpr int threads = cdiv(cdiv(items1, rounds1), 32) * 32;
-  static constexpr int pool_warps = warp_off(kL + 1);
-  static constexpr int rounds_pool = cdiv(pool_warps, threads / 32);
+  static constexpr int items_pool = pool_windows * G;
+  static constexpr int rounds_pool = cdiv(items_pool, threads);
   static constexpr int copies = 3 * F * VPR;  // 16-byte copies per item
   static constexpr int rounds_copy = cdiv(copies, threads);
   static constexpr Gelu gelu = sizeof(T) == 2 ? Gelu::kTanh : Gelu::kErf;
@@ -178,7 +176,18 @@ MSTR_DEV float gelu(float x) {
 
 // ---- shared-memory rows ---------------------------------------------------------------------
 
+MSTR_DEV float bits_to_float(unsigned w) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(w);
+#else
+  float f;
+  std::memcpy(&f, &w, 4);
+  return f;
+#endif
+}
+
 // Raw rows (T, as in global memory): lane c's channels are the vectors c + G*u, u < U.
+// bfloat16 -> float is a shift or a mask of each 32-bit word (one instruction per value).
 template <class Cfg, typename T>
 MSTR_DEV void load_raw(const T* row, int c, float (&x)[kChannels]) {
 #pragma unroll
@@ -188,6 +197,13 @@ MSTR_DEV void load_raw(const T* row, int c, float (&x)[kChannels]) {
       float4 f;
       memcpy(&f, &raw, kVecBytes);
       x[4 * u] = f.x; x[4 * u + 1] = f.y; x[4 * u + 2] = f.z; x[4 * u + 3] = f.w;
+    } else if constexpr (std::is_same_v<T, c10::BFloat16>) {
+      const unsigned words[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        x[2 * e] = bits_to_float(words[e] << 16);
+        x[2 * e + 1] = bits_to_float(words[e] & 0xffff0000u);
+      }
     } else {
       T tmp[8];
       memcpy(tmp, &raw, kVecBytes);
@@ -197,8 +213,9 @@ MSTR_DEV void load_raw(const T* row, int c, float (&x)[kChannels]) {
   }
 }
 
+// One output row of lane c: the values, or zeros (padding frames), as whole 16-byte vectors.
 template <class Cfg, typename T>
-MSTR_DEV void store_out(T* row, int c, const float (&x)[kChannels]) {
+MSTR_DEV void store_out(T* row, int c, const float (&x)[kChannels], bool valid) {
 #pragma unroll
   for (int u = 0; u < Cfg::U; ++u) {
     T tmp[Cfg::W];
@@ -206,6 +223,10 @@ MSTR_DEV void store_out(T* row, int c, const float (&x)[kChannels]) {
     for (int e = 0; e < Cfg::W; ++e) tmp[e] = static_cast<T>(x[u * Cfg::W + e]);
     uint4 raw;
     memcpy(&raw, tmp, kVecBytes);
+    raw.x = valid ? raw.x : 0u;  // selects on the packed words: fewer than on the values
+    raw.y = valid ? raw.y : 0u;
+    raw.z = valid ? raw.z : 0u;
+    raw.w = valid ? raw.w : 0u;
     *reinterpret_cast<uint4*>(row + (c + Cfg::G * u) * Cfg::W) = raw;
   }
 }
@@ -290,26 +311,24 @@ MSTR_DEV const T* row_ptr(const TensorRef<const T>& x, const Item& it, int t) {
 }
 
 // The item's q, k, v rows into `raw` (tensor-major, rows of D), VPR threads per row; rows of
-// frames past the valid length are zero-filled without reading them.
+// frames past the valid length are zero-filled (their source address is not read).
 template <class Cfg, typename T, class Block>
-MSTR_DEV void issue_copies(const Block& blk, const ForwardArgs<T>& a, T* raw, int item) {
+MSTR_DEV void issue_copies(const Block& blk, const ForwardArgs<T>& a, T* raw, const Item& it) {
   constexpr int F = Cfg::F, D = Cfg::D, VPR = Cfg::VPR;
   static_assert(Cfg::threads % VPR == 0, "whole rows per round");
   constexpr int rows_per_round = Cfg::threads / VPR;
-  const Item it = locate<Cfg>(a, item);
   const int vec = blk.tid % VPR, t_first = blk.tid / VPR;
 #pragma unroll
   for (int x = 0; x < 3; ++x) {
     const TensorRef<const T>& src = x == 0 ? a.q : (x == 1 ? a.k : a.v);
-    const T* base = row_ptr(src, it, 0) + vec * Cfg::W;
+    const T* from = row_ptr(src, it, t_first) + vec * Cfg::W;
+    const int64_t step = int64_t(rows_per_round) * src.st;
     T* dst = raw + (x * F + t_first) * D + vec * Cfg::W;
 #pragma unroll
     for (int r = 0; r < cdiv(F, rows_per_round); ++r) {
       const int t = t_first + r * rows_per_round;
-      if (F % rows_per_round == 0 || t < F) {
-        const bool valid = t < it.n;
-        copy16(dst + r * rows_per_round * D, valid ? base + int64_t(t) * src.st : base, valid);
-      }
+      if (F % rows_per_round == 0 || t < F) copy16(dst + r * rows_per_round * D, from, t < it.n);
+      from += step;
     }
   }
 }
@@ -324,13 +343,15 @@ MSTR_DEV void lane_sum(const Block& blk, float (&v)[N]) {
 
 // softmax over the p keys of each of the p queries of a window, in place on logits (base 2);
 // keys with valid[j] false get probability 0; a query row whose keys are all invalid gets 0.
+// Valid keys are a prefix of the window (frames before the valid length), so key 0 is valid
+// whenever any is.
 template <int kP>
 MSTR_DEV void window_softmax(float (&s)[kP][kP], const bool (&valid)[kP]) {
 #pragma unroll
   for (int i = 0; i < kP; ++i) {
-    float top = -INFINITY;
+    float top = s[i][0];
 #pragma unroll
-    for (int j = 0; j < kP; ++j) top = valid[j] ? fmaxf(top, s[i][j]) : top;
+    for (int j = 1; j < kP; ++j) top = valid[j] ? fmaxf(top, s[i][j]) : top;
     float total = 0.0f;
 #pragma unroll
     for (int j = 0; j < kP; ++j) {
@@ -343,20 +364,32 @@ MSTR_DEV void window_softmax(float (&s)[kP][kP], const bool (&valid)[kP]) {
   }
 }
 
-// One pooled window of level l for item k = (window, lane) of that level (lanes past the last
-// window compute on window 0 and store nothing: the warp's shuffles need every lane).
-template <class Cfg, int l, typename T, class Block>
+// One pooled window for item k = (window over all pooled levels, lane c): the window's level
+// is found per lane (levels of one warp may differ; the code is the same). Lanes past the last
+// window compute on window 0 and store nothing: the warp's shuffles need every lane.
+template <class Cfg, typename T, class Block>
 MSTR_DEV void pooled_window(const Block& blk, const ForwardArgs<T>& a, const Item& it,
                             const float* psum, float* pgelu, int k, int c) {
-  constexpr int p = Cfg::p, G = Cfg::G, D = Cfg::D, C = kChannels;
-  constexpr int S = Cfg::S(l), off = Cfg::pool_off(l), R = Cfg::R_pool;
-  const bool active = k < Cfg::windows(l) * G;
-  const int j0 = (active ? k / G : 0) * p;  // first row of the window within level l
+  constexpr int p = Cfg::p, L = Cfg::levels, G = Cfg::G, D = Cfg::D, C = kChannels;
+  constexpr int R = Cfg::R_pool;
+  const bool active = k < Cfg::pool_windows * G;
+  const int win = active ? k / G : 0;
+  int S = p, off = 0, woff = 0;  // frames per row, first row and first window of the level
+  static_for<3, L + 1>([&](auto lc) {
+    constexpr int l = decltype(lc)::value;
+    if (win >= Cfg::win_off(l)) {
+      S = Cfg::S(l);
+      off = Cfg::pool_off(l);
+      woff = Cfg::win_off(l);
+    }
+  });
+  const int j0 = off + (win - woff) * p;  // the window's first row in the pooled arrays
+  const int f0 = (win - woff) * p * S;   // its first frame
   float inv[p];
   bool valid[p];
 #pragma unroll
   for (int i = 0; i < p; ++i) {
-    const int left = it.n - (j0 + i) * S;
+    const int left = it.n - (f0 + i * S);
     const int cnt = left < S ? left : S;
     valid[i] = cnt > 0;
     inv[i] = valid[i] ? rcp(float(cnt)) : 0.0f;
@@ -366,17 +399,17 @@ MSTR_DEV void pooled_window(const Block& blk, const ForwardArgs<T>& a, const Ite
     float qr[p][C], kr[p][C];
 #pragma unroll
     for (int i = 0; i < p; ++i) {
-      load_pooled<Cfg>(psum + (0 * R + off + j0 + i) * D, c, qr[i]);
-      load_pooled<Cfg>(psum + (1 * R + off + j0 + i) * D, c, kr[i]);
+      load_pooled<Cfg>(psum + (0 * R + j0 + i) * D, c, qr[i]);
+      load_pooled<Cfg>(psum + (1 * R + j0 + i) * D, c, kr[i]);
     }
     float part[p * p];
 #pragma unroll
     for (int i = 0; i < p; ++i) {
 #pragma unroll
       for (int j = 0; j < p; ++j) {
-        float d = 0.0f;
+        float d = qr[i][0] * kr[j][0];
 #pragma unroll
-        for (int e = 0; e < C; ++e) d = fmaf(qr[i][e], kr[j][e], d);
+        for (int e = 1; e < C; ++e) d = fmaf(qr[i][e], kr[j][e], d);
         part[i * p + j] = d;
       }
     }
@@ -391,28 +424,29 @@ MSTR_DEV void pooled_window(const Block& blk, const ForwardArgs<T>& a, const Ite
   window_softmax<p>(s, valid);
   float vr[p][C];
 #pragma unroll
-  for (int i = 0; i < p; ++i) load_pooled<Cfg>(psum + (2 * R + off + j0 + i) * D, c, vr[i]);
+  for (int i = 0; i < p; ++i) load_pooled<Cfg>(psum + (2 * R + j0 + i) * D, c, vr[i]);
 #pragma unroll
   for (int i = 0; i < p; ++i) {
-    float y[C] = {};
+    float y[C];
 #pragma unroll
-    for (int j = 0; j < p; ++j) {
+    for (int e = 0; e < C; ++e) y[e] = (s[i][0] * inv[0]) * vr[0][e];
+#pragma unroll
+    for (int j = 1; j < p; ++j) {
       const float w = s[i][j] * inv[j];
 #pragma unroll
       for (int e = 0; e < C; ++e) y[e] = fmaf(w, vr[j][e], y[e]);
     }
 #pragma unroll
     for (int e = 0; e < C; ++e) y[e] = gelu<Cfg::gelu>(y[e]);
-    if (active) store_pooled<Cfg>(pgelu + (off + j0 + i) * D, c, y);
+    if (active) store_pooled<Cfg>(pgelu + (j0 + i) * D, c, y);
   }
 }
 
 template <class Cfg, typename T, class Block>
 MSTR_DEV void forward_item(const Block& blk, const ForwardArgs<T>& a, const T* raw, float* pooled,
-                           int item) {
+                           const Item& it) {
   constexpr int p = Cfg::p, L = Cfg::levels, G = Cfg::G, D = Cfg::D, F = Cfg::F;
   constexpr int C = kChannels;
-  const Item it = locate<Cfg>(a, item);
   float* psum = pooled;                      // [3][R_pool][D]: pooled sums of q, k, v
   float* pgelu = pooled + 3 * Cfg::R_pool * D;  // [R_pool][D]: GELU(Y) of the pooled rows
   const int c = blk.tid % G;
@@ -449,18 +483,12 @@ MSTR_DEV void forward_item(const Block& blk, const ForwardArgs<T>& a, const T* r
     blk.sync();
   });
 
-  // Pooled attention, all levels at once: level l's items (window, lane) on its own warps.
+  // Pooled attention, all levels at once: item k = (window, lane), whole warps skipped.
   if constexpr (L >= 2) {
-    const int warp = blk.tid / 32;
 #pragma unroll
     for (int r = 0; r < Cfg::rounds_pool; ++r) {
-      const int gw = warp + r * (Cfg::threads / 32);  // this warp's index among pooled warps
-      static_for<2, L + 1>([&](auto lc) {
-        constexpr int l = decltype(lc)::value;
-        if (gw < Cfg::warp_off(l) || gw >= Cfg::warp_off(l + 1)) return;
-        const int k = (gw - Cfg::warp_off(l)) * 32 + blk.tid % 32;
-        pooled_window<Cfg, l>(blk, a, it, psum, pgelu, k, c);
-      });
+      const int k = blk.tid + r * Cfg::threads;
+      if (k - blk.tid % 32 < Cfg::items_pool) pooled_window<Cfg>(blk, a, it, psum, pgelu, k, c);
     }
     blk.sync();
   }
@@ -487,9 +515,9 @@ MSTR_DEV void forward_item(const Block& blk, const ForwardArgs<T>& a, const T* r
       for (int i = 0; i < p; ++i) {
 #pragma unroll
         for (int j = 0; j < p; ++j) {
-          float d = 0.0f;
+          float d = qr[i][0] * kr[j][0];
 #pragma unroll
-          for (int e = 0; e < C; ++e) d = fmaf(qr[i][e], kr[j][e], d);
+          for (int e = 1; e < C; ++e) d = fmaf(qr[i][e], kr[j][e], d);
           part[i * p + j] = d;
         }
       }
@@ -502,7 +530,8 @@ MSTR_DEV void forward_item(const Block& blk, const ForwardArgs<T>& a, const T* r
     }
     window_softmax<p>(s, valid);
     float up[C] = {};  // sum over the pooled levels of the rows above this window
-    static_for<2, L + 1>([&](auto lc) {
+    if constexpr (L >= 2) load_pooled<Cfg>(pgelu + (w) * D, c, up);  // level 2: row w
+    static_for<3, L + 1>([&](auto lc) {
       constexpr int l = decltype(lc)::value;
       constexpr int span = ipow(p, l - 2), off = Cfg::pool_off(l);  // level-1 windows per row
       float g[C];
@@ -515,18 +544,20 @@ MSTR_DEV void forward_item(const Block& blk, const ForwardArgs<T>& a, const T* r
     for (int i = 0; i < p; ++i) load_raw<Cfg>(raw + (2 * F + w * p + i) * D, c, vr[i]);
 #pragma unroll
     for (int i = 0; i < p; ++i) {
-      float y[C] = {};
+      float y[C];
 #pragma unroll
-      for (int j = 0; j < p; ++j) {
+      for (int e = 0; e < C; ++e) y[e] = s[i][0] * vr[0][e];
+#pragma unroll
+      for (int j = 1; j < p; ++j) {
 #pragma unroll
         for (int e = 0; e < C; ++e) y[e] = fmaf(s[i][j], vr[j][e], y[e]);
       }
 #pragma unroll
-      for (int e = 0; e < C; ++e) y[e] = valid[i] ? gelu<Cfg::gelu>(y[e]) + up[e] : 0.0f;
+      for (int e = 0; e < C; ++e) y[e] = gelu<Cfg::gelu>(y[e]) + up[e];
       const int t = w * p + i;
       if (active && t < it.frames) {
         T* dst = a.out.ptr + it.b * a.out.sb + it.h * a.out.sh + (it.t0 + t) * a.out.st;
-        store_out<Cfg>(dst, c, y);
+        store_out<Cfg>(dst, c, y, valid[i]);
       }
     }
   }
@@ -550,27 +581,30 @@ MSTR_DEV void forward_block(const Block& blk, const ForwardArgs<T>& a, unsigned 
                             int first, int stride) {
   if (first >= a.n_items) return;
   float* pooled = pooled_area<Cfg>(smem);
-  issue_copies<Cfg>(blk, a, raw_stage<Cfg, T>(smem, 0), first);
+  Item it = locate<Cfg>(a, first);
+  issue_copies<Cfg>(blk, a, raw_stage<Cfg, T>(smem, 0), it);
   copy_commit();
   int stage = 0;
   for (int item = first; item < a.n_items; item += stride) {
     const int next = item + stride;
+    const Item it_next = locate<Cfg>(a, next < a.n_items ? next : item);
     if constexpr (Cfg::stages == 2) {
-      if (next < a.n_items) issue_copies<Cfg>(blk, a, raw_stage<Cfg, T>(smem, stage ^ 1), next);
+      if (next < a.n_items) issue_copies<Cfg>(blk, a, raw_stage<Cfg, T>(smem, stage ^ 1), it_next);
       copy_commit();
       copy_wait<1>();
     } else {
       copy_wait<0>();
     }
     blk.sync();
-    forward_item<Cfg>(blk, a, raw_stage<Cfg, T>(smem, stage), pooled, item);
+    forward_item<Cfg>(blk, a, raw_stage<Cfg, T>(smem, stage), pooled, it);
     blk.sync();
     if constexpr (Cfg::stages == 2) {
       stage ^= 1;
     } else {
-      if (next < a.n_items) issue_copies<Cfg>(blk, a, raw_stage<Cfg, T>(smem, 0), next);
+      if (next < a.n_items) issue_copies<Cfg>(blk, a, raw_stage<Cfg, T>(smem, 0), it_next);
       copy_commit();
     }
+    it = it_next;
   }
 }
 
