@@ -7,6 +7,7 @@ machine without a GPU. (The CUDA launch itself is tested in test_cuda_backend.py
 """
 import math
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,104 @@ def test_chunking_is_exercised(tile_on_host):
     q = torch.randn(1, 1, 100, 64)
     _, chunk = tile_on_host.forward(q, q, q, None, 3, 4, 0.125, 30 * 1024, 64)
     assert chunk.item() < 64  # a budget of 30 KiB cannot hold two pyramids of 64 columns
+
+
+# ---- the forward specialised on (p, levels, D): csrc/cuda/fractal_spec_tile.cuh ----------------
+
+def _static_report():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("gpu_static_report",
+                                                  ROOT / "scripts" / "gpu_static_report.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _specialised_configs():
+    """(p, levels, D) of csrc/cuda/fractal_spec_configs.h, and the report's mirror of the
+    kernel's compile-time mapping (SpecConfig)."""
+    import re
+    text = (ROOT / "csrc" / "cuda" / "fractal_spec_configs.h").read_text()
+    pl = re.search(r"#define MSTR_SPEC_PL\(X\)(.*?)#endif", text, re.S).group(1)
+    ds = re.search(r"#define MSTR_SPEC_D\(X\)(.*?)\n", text).group(1)
+    pairs = [(int(a), int(b)) for a, b in re.findall(r"X\((\d+),\s*(\d+)\)", pl)]
+    dims = [int(d) for d in re.findall(r"X\((\d+)\)", ds)]
+    return [(p, levels, D) for p, levels in pairs for D in dims], _static_report().SpecConfig
+
+
+SPEC_PLD, SpecConfig = _specialised_configs()
+ITEMSIZE = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2}
+SPEC_CASES = [(p, levels, D, dtype) for p, levels, D in SPEC_PLD
+              for dtype in (torch.float32, torch.float16, torch.bfloat16)
+              if SpecConfig(ITEMSIZE[dtype], p, levels, D).fits]
+
+
+def test_spec_mirror_matches_kernel(tile_on_host):
+    """The report's SpecConfig (threads, shared memory, frames per item, stages) is what the
+    compiled kernel code uses, for every configuration that fits and no other."""
+    rows = {tuple(r[:4]): r[4:] for r in tile_on_host.spec_configs()}
+    mirrored = {}
+    for p, levels, D in SPEC_PLD:
+        for itemsize in (2, 4):
+            c = SpecConfig(itemsize, p, levels, D)
+            if c.fits:
+                mirrored[(itemsize, p, levels, D)] = [c.threads, c.smem_bytes, c.F, c.stages,
+                                                      c.min_blocks]
+    assert rows == mirrored
+
+
+def _spec_inputs(B, H, T, D, dtype, lengths, seed):
+    g = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(B, T, 3, H, D, generator=g).to(dtype)  # views of one projection
+    q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
+    lens = None if lengths is None else torch.tensor(lengths, dtype=torch.int32)
+    if lengths is not None:  # padding must influence nothing
+        for b, n in enumerate(lengths):
+            qkv[b, n:] = float("nan")
+    return q, k, v, lens
+
+
+def _check_spec(tile_on_host, q, k, v, lens, p, levels, grid):
+    D = q.shape[-1]
+    scale = 1.0 / math.sqrt(D)
+    out, info = tile_on_host.spec_forward(q, k, v, lens, p, levels, scale, grid)
+    clean = [torch.nan_to_num(x.double(), nan=0.0) for x in (q, k, v)]
+    ref = torch.from_numpy(fractal_attention_f64(*clean, p, levels, lens, scale))
+    assert not torch.isnan(out).any(), "out has NaN (a frame was not written or read padding)"
+    err = rel_err(out, ref)
+    assert err < SPEC_BOUND[q.dtype], f"error {err:.2e} (threads, smem, F, stages = {info.tolist()})"
+    if lens is not None:
+        for b, n in enumerate(lens.tolist()):
+            assert (out[b, :, n:] == 0).all(), f"out is not 0 on padding of item {b}"
+    return info
+
+
+@pytest.mark.parametrize("p,levels,D,dtype", SPEC_CASES)
+def test_spec_forward_matches_float64(tile_on_host, p, levels, D, dtype):
+    """Every specialised configuration: a partial last item, a length inside the first item,
+    two emulated blocks walking the items (the persistent stride and both copy stages)."""
+    F = SpecConfig(ITEMSIZE[dtype], p, levels, D).F
+    T = F + F // 2 + 1
+    lengths = [T, max(1, F // 3)]
+    q, k, v, lens = _spec_inputs(2, 2, T, D, dtype, lengths, seed=p * 100 + levels * 10 + D)
+    _check_spec(tile_on_host, q, k, v, lens, p, levels, grid=2)
+
+
+@pytest.mark.parametrize("T,lengths,grid", [
+    (2, None, 1),               # T < p
+    (81, [0, 81], 1),           # exactly one tile; a sequence of length 0
+    (500, [500, 244, 81], 3),   # several items per block, tails inside a tile
+    (163, None, 5),             # more blocks than items for some
+])
+def test_spec_forward_edges(tile_on_host, T, lengths, grid):
+    B = 1 if lengths is None else len(lengths)
+    q, k, v, lens = _spec_inputs(B, 2, T, 64, torch.bfloat16, lengths, seed=T)
+    _check_spec(tile_on_host, q, k, v, lens, 3, 4, grid)
+
+
+def test_spec_forward_is_deterministic(tile_on_host):
+    q, k, v, lens = _spec_inputs(2, 2, 200, 64, torch.float32, [200, 120], seed=7)
+    a, _ = tile_on_host.spec_forward(q, k, v, lens, 3, 4, 0.125, 2)
+    b, _ = tile_on_host.spec_forward(q, k, v, lens, 3, 4, 0.125, 3)
+    assert torch.equal(a, b)

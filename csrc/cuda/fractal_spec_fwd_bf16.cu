@@ -1,0 +1,3 @@
+// The specialised forwards for c10::BFloat16 inputs (see fractal_spec_kernel.cuh).
+#define MSTR_SPEC_T c10::BFloat16
+#include "fractal_spec_kernel.cuh"

@@ -1,0 +1,3 @@
+// The specialised forwards for float inputs (see fractal_spec_kernel.cuh).
+#define MSTR_SPEC_T float
+#include "fractal_spec_kernel.cuh"
