@@ -17,8 +17,9 @@ times 32, over the item's frames x D. A warp is counted for every instruction of
 smsp__inst_executed would count per element. Kernels whose loops have run-time trip counts (the
 general CUDA kernels, Triton) get no figure (null) rather than a guess.
 
-Exit status 1 when a required row (bfloat16, D=64, p=3, levels=4) spills or uses local memory,
-or when a specialised forward exceeds the budget of 60 instructions per element.
+Exit status 1 when a CUDA kernel or the headline Triton row (bfloat16, D=64, p=3, levels=4)
+spills or uses local memory, or when the specialised forward at the headline configuration
+exceeds the issue's budget of 60 instructions per element (other rows are informative).
 """
 from __future__ import annotations
 
@@ -461,7 +462,7 @@ def check(rows):
                 failures.append(f"{r['backend']} {r['pass']} {key}: spills/local memory")
         ipe = r["instructions_per_element"]
         budget = FORWARD_BUDGET if r["pass"] == "fwd" else BACKWARD_BUDGET
-        if r["backend"] == "cuda-specialised" and (ipe is None or ipe > budget):
+        if r["backend"] == "cuda-specialised" and key == REQUIRED and (ipe is None or ipe > budget):
             failures.append(f"{r['backend']} {r['pass']} {key}: {ipe} instructions per element "
                             f"(budget {budget})")
     return failures

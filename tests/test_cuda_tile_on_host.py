@@ -7,13 +7,13 @@ machine without a GPU. (The CUDA launch itself is tested in test_cuda_backend.py
 """
 import math
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from float64_loop import fractal_attention_f64
+from cuda_spec_configs import ITEMSIZE, SPEC_CASES, SPEC_PLD, SpecConfig
 from parity import SPEC_BOUND, rel_err
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,35 +97,6 @@ def test_chunking_is_exercised(tile_on_host):
 
 
 # ---- the forward specialised on (p, levels, D): csrc/cuda/fractal_spec_tile.cuh ----------------
-
-def _static_report():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("gpu_static_report",
-                                                  ROOT / "scripts" / "gpu_static_report.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-def _specialised_configs():
-    """(p, levels, D) of csrc/cuda/fractal_spec_configs.h, and the report's mirror of the
-    kernel's compile-time mapping (SpecConfig)."""
-    import re
-    text = (ROOT / "csrc" / "cuda" / "fractal_spec_configs.h").read_text()
-    pl = re.search(r"#define MSTR_SPEC_PL\(X\)(.*?)#endif", text, re.S).group(1)
-    ds = re.search(r"#define MSTR_SPEC_D\(X\)(.*?)\n", text).group(1)
-    pairs = [(int(a), int(b)) for a, b in re.findall(r"X\((\d+),\s*(\d+)\)", pl)]
-    dims = [int(d) for d in re.findall(r"X\((\d+)\)", ds)]
-    return [(p, levels, D) for p, levels in pairs for D in dims], _static_report().SpecConfig
-
-
-SPEC_PLD, SpecConfig = _specialised_configs()
-ITEMSIZE = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2}
-SPEC_CASES = [(p, levels, D, dtype) for p, levels, D in SPEC_PLD
-              for dtype in (torch.float32, torch.float16, torch.bfloat16)
-              if SpecConfig(ITEMSIZE[dtype], p, levels, D).fits]
-
 
 def test_spec_mirror_matches_kernel(tile_on_host):
     """The report's SpecConfig (threads, shared memory, frames per item, stages) is what the
