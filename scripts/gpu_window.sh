@@ -16,8 +16,8 @@
 #   6. ncu on one launch of each kernel (--clock-control none): DRAM bytes read and written,
 #      warp instructions, issue-active percentage, warp stall reasons;
 #   7. a results file <gpu>-<date>-window.json under benchmarks/results/ (or $OUT when set: the
-#      device tool returns what is written there) and a short table, printed last
-#      (scripts/gpu_window_summary.py).
+#      device tool returns what is written there, at most 8 files: the summary and 6 in
+#      <stem>/) and a short table, printed last (scripts/gpu_window_summary.py).
 # GPU_WINDOW_STEPS selects steps (default "build report parity bench ab ncu").
 # GPU_WINDOW_DRY=1 runs only what needs no GPU (the summary of whatever is there), for checking.
 set -uo pipefail
@@ -101,14 +101,16 @@ if want ncu; then
   if [ -z "$NCU" ]; then
     echo "ncu not found: step skipped"; echo "ncu missing" >> "$WORK/steps.txt"
   else
+    : > "$WORK/ncu.txt"
     METRICS=dram__bytes_read.sum,dram__bytes_write.sum,smsp__inst_executed.sum,smsp__issue_active.avg.pct_of_peak_sustained_active,gpu__time_duration.sum
     for target in cuda:fwd:0 cuda:fwd:1 cuda:bwd:0 triton:fwd:0 triton:bwd:0; do
       IFS=: read -r backend kind general <<< "$target"
+      echo "### ncu-$backend-$kind-general$general" >> "$WORK/ncu.txt"
       MSTR_CUDA_GENERAL=$general step "ncu $backend $kind general=$general" 45 "$NCU" \
         --clock-control none -k regex:fractal --launch-skip 2 --launch-count 1 \
         --metrics "$METRICS" --section WarpStateStats --csv --page raw \
         $PY benchmarks/profile_op.py --backend "$backend" --kind "$kind" --calls 3 \
-        > "$WORK/ncu-$backend-$kind-general$general.csv"
+        >> "$WORK/ncu.txt"
     done
   fi
 fi

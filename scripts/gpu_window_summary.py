@@ -1,5 +1,5 @@
 """Summary of one GPU window (scripts/gpu_window.sh): reads what its steps left in a folder
-(steps.txt, static.json, bench.json, ab.txt, ncu-*.csv), writes one results JSON and prints a
+(steps.txt, static.json, bench.json, ab.txt, ncu.txt), writes one results JSON and prints a
 short table. Missing pieces are reported as missing, never filled in.
 
     python scripts/gpu_window_summary.py WORK_DIR --json RESULTS.json
@@ -62,10 +62,17 @@ def _number(text):
         return None
 
 
-def read_ncu(path: Path):
+def read_ncu_file(path: Path):
+    """{target: metrics} from ncu.txt: sections '### ncu-<target>', each ncu's CSV output."""
+    if not path.exists():
+        return {}
+    parts = re.split(r"^### (\S+)\n", path.read_text(errors="replace"), flags=re.M)
+    return {name: read_ncu(text) for name, text in zip(parts[1::2], parts[2::2])}
+
+
+def read_ncu(text: str):
     """Metrics of the one profiled launch from `ncu --csv --page raw`: the first row after the
     header and units rows; stall reasons as the three largest issue-stall columns."""
-    text = path.read_text(errors="replace")
     start = text.find('"ID"')
     if start < 0:
         return {"error": "no ncu table (see the window log)"}
@@ -95,7 +102,7 @@ def main(argv=None) -> int:
     static = json.loads((work / "static.json").read_text()) if (work / "static.json").exists() else None
     result = {"steps": read_steps(work), "copy_gbs": copy_gbs, "bench": bench,
               "ab_forward": read_ab(work),
-              "ncu": {p.stem: read_ncu(p) for p in sorted(work.glob("ncu-*.csv"))},
+              "ncu": read_ncu_file(work / "ncu.txt"),
               "static": static}
     log = work / "window.log"
     if log.exists():

@@ -28,7 +28,7 @@ using tile::TensorRef;
 
 constexpr int kMaxThreads = 256;
 // At most 128 registers per thread (2 blocks of 256 threads per SM): ptxas then needs no
-// spills (scripts/cuda_register_report.py); 3 blocks (80 registers) spill.
+// spills (scripts/gpu_static_report.py); 3 blocks (80 registers) spill.
 constexpr int kMinBlocksPerSM = 2;
 // Shared memory a block aims for: 2 blocks per SM on A100 and H100 for the main configuration
 // (forward 66 KiB with one chunk of D=64, backward 71 KiB with two chunks of 32). Bigger tiles fall back to narrower chunks of the head dim (see choose_chunk).
