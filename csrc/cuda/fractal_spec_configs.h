@@ -1,6 +1,6 @@
 // The (p, levels) pairs with a forward specialised at compile time (fractal_spec_tile.cuh),
 // each for D in {32, 64, 128} and float32, float16, bfloat16 where its shared memory fits one
-// block (spec::Config::fits). Read by the CUDA launcher, the host emulation
+// block (specialised::Config::fits). Read by the CUDA launcher, the host emulation
 // (tests/cuda_host/tile_on_host.cpp) and scripts/gpu_static_report.py.
 #pragma once
 

@@ -34,7 +34,7 @@ bool dispatch(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   }
 #define MSTR_SPEC_CASE_PL(pp, ll)                                                    \
   if (prm.p == pp && prm.levels == ll) {                                             \
-    return spec::launch_forward<T, pp, ll>(q, k, v, lengths, prm, out);              \
+    return specialised::launch_forward<T, pp, ll>(q, k, v, lengths, prm, out);              \
   }
   MSTR_SPEC_PL(MSTR_SPEC_CASE_PL)
 #undef MSTR_SPEC_CASE_PL

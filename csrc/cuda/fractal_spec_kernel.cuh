@@ -15,7 +15,7 @@
 #include "fractal_spec_tile.cuh"
 
 namespace mstr_kernels {
-namespace spec {
+namespace specialised {
 
 // Launches the kernel of (T, p, levels, q.size(3)); false (nothing launched) when D is not in
 // the list, the configuration does not fit the device's shared memory or the items overflow
@@ -115,5 +115,5 @@ MSTR_SPEC_PL(MSTR_SPEC_INSTANTIATE_PL)
 #undef MSTR_SPEC_INSTANTIATE_PL
 #endif  // MSTR_SPEC_T
 
-}  // namespace spec
+}  // namespace specialised
 }  // namespace mstr_kernels

@@ -24,7 +24,7 @@
 #include "fractal_tile_common.cuh"
 
 namespace mstr_kernels {
-namespace spec {
+namespace specialised {
 
 using tile::float4;
 using tile::kVecBytes;
@@ -344,7 +344,7 @@ MSTR_DEV void lane_sum(const Block& blk, float (&v)[N]) {
 // softmax over the p keys of each of the p queries of a window, in place on logits (base 2);
 // keys with valid[j] false get probability 0; a query row whose keys are all invalid gets 0.
 // Valid keys are a prefix of the window (frames before the valid length), so key 0 is valid
-// whenever any is.
+// whenever any is. Scores that are all -inf give weights 0 (SDPA's convention).
 template <int kP>
 MSTR_DEV void window_softmax(float (&s)[kP][kP], const bool (&valid)[kP]) {
 #pragma unroll
@@ -352,6 +352,7 @@ MSTR_DEV void window_softmax(float (&s)[kP][kP], const bool (&valid)[kP]) {
     float top = s[i][0];
 #pragma unroll
     for (int j = 1; j < kP; ++j) top = valid[j] ? fmaxf(top, s[i][j]) : top;
+    top = top == -INFINITY ? 0.0f : top;  // scores all -inf (overflowed): weights 0, as SDPA
     float total = 0.0f;
 #pragma unroll
     for (int j = 0; j < kP; ++j) {
@@ -608,5 +609,5 @@ MSTR_DEV void forward_block(const Block& blk, const ForwardArgs<T>& a, unsigned 
   }
 }
 
-}  // namespace spec
+}  // namespace specialised
 }  // namespace mstr_kernels

@@ -141,7 +141,7 @@ std::vector<at::Tensor> backward(const at::Tensor& dout, const at::Tensor& q, co
 
 // ---- the specialised forward ------------------------------------------------------------------
 
-namespace spec = mstr_kernels::spec;
+namespace spec = mstr_kernels::specialised;
 
 constexpr int kMaxShuffled = 64;  // values per lane in one exchange: p * p <= 16
 
