@@ -472,19 +472,19 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="write the rows here")
     parser.add_argument("--quick", action="store_true", help="only bf16, D=64, p=3, levels=4")
-    parser.add_argument("--binary", help="a .so or .cubin with sm_90 code (default: the "
-                        "installed extension)")
+    parser.add_argument("--binary", action="append", help="a .so or .cubin with sm_90 code "
+                        "(repeatable; default: the installed extension)")
     parser.add_argument("--no-triton", action="store_true", help="skip the Triton kernels")
     parser.add_argument("--no-cuda", action="store_true", help="skip the CUDA kernels")
     args = parser.parse_args(argv)
     configs = CONFIGS[:1] if args.quick else CONFIGS
     rows = []
     if not args.no_cuda:
-        binary = args.binary or extension_binary()
-        if binary is None:
+        binaries = args.binary or [b for b in [extension_binary()] if b]
+        if not binaries:
             print("no mstr_kernels/_C*.so found (extension not built): CUDA rows skipped",
                   file=sys.stderr)
-        else:
+        for binary in binaries:
             rows += cuda_rows(binary, configs)
     if not args.no_triton:
         rows += triton_rows(configs)

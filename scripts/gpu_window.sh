@@ -11,7 +11,7 @@
 #      every GPU backend (scripts/gpu_parity.py);
 #   4. the op benchmark (mstr_kernels.bench) at B=32 H=16 D=64 bf16 p=3 levels=4 and
 #      T = 4096, 150, 224, 326, 1024: cuda, triton and SDPA (flash) with the same inputs;
-#   5. an alternating A/B of the forward: specialised vs general CUDA kernels (MSTR_CUDA_GENERAL)
+#   5. an alternating A/B of the forward: specialised vs general CUDA kernels (MSTR_KERNELS_CUDA_GENERAL)
 #      and triton, rounds interleaved (benchmarks/profile_op.py);
 #   6. ncu on one launch of each kernel (--clock-control none): DRAM bytes read and written,
 #      warp instructions, issue-active percentage, warp stall reasons;
@@ -89,7 +89,7 @@ if want ab; then  # rounds interleaved, so that clock and thermal drift hit ever
       backend=cuda; env_general=0
       [ $variant = general ] && env_general=1
       [ $variant = triton ] && backend=triton
-      line=$(MSTR_CUDA_GENERAL=$env_general step "A/B $variant round $round" 25 \
+      line=$(MSTR_KERNELS_CUDA_GENERAL=$env_general step "A/B $variant round $round" 25 \
         $PY benchmarks/profile_op.py --backend $backend --kind fwd --calls 12 | tail -1)
       echo "$line"; echo "$variant $round $line" >> "$WORK/ab.txt"
     done
@@ -106,7 +106,7 @@ if want ncu; then
     for target in cuda:fwd:0 cuda:fwd:1 cuda:bwd:0 triton:fwd:0 triton:bwd:0; do
       IFS=: read -r backend kind general <<< "$target"
       echo "### ncu-$backend-$kind-general$general" >> "$WORK/ncu.txt"
-      MSTR_CUDA_GENERAL=$general step "ncu $backend $kind general=$general" 45 "$NCU" \
+      MSTR_KERNELS_CUDA_GENERAL=$general step "ncu $backend $kind general=$general" 45 "$NCU" \
         --clock-control none -k regex:fractal --launch-skip 2 --launch-count 1 \
         --metrics "$METRICS" --section WarpStateStats --csv --page raw \
         $PY benchmarks/profile_op.py --backend "$backend" --kind "$kind" --calls 3 \

@@ -1,6 +1,6 @@
 // Dispatch of the forward specialised on (p, levels, D) (fractal_spec_kernel.cuh): covers the
 // configurations listed in fractal_spec_configs.h whose inputs allow 16-byte copies; the general
-// kernels (fractal_attention_cuda.cu) take everything else. MSTR_CUDA_GENERAL=1 in the
+// kernels (fractal_attention_cuda.cu) take everything else. MSTR_KERNELS_CUDA_GENERAL=1 in the
 // environment (read once) makes every input take the general kernels (for A/B measurements).
 #include <cstdlib>
 #include <cstring>
@@ -20,7 +20,7 @@ bool vectorizable(const at::Tensor& x) {
 
 bool general_forced() {
   static const bool forced = [] {
-    const char* env = std::getenv("MSTR_CUDA_GENERAL");
+    const char* env = std::getenv("MSTR_KERNELS_CUDA_GENERAL");
     return env != nullptr && std::strcmp(env, "0") != 0 && env[0] != '\0';
   }();
   return forced;
