@@ -32,7 +32,11 @@ def _listed():
 SpecConfig = _static_report().SpecConfig
 SPEC_PLD = _listed()
 ITEMSIZE = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2}
-# (p, levels, D, dtype) of every specialised kernel: those whose shared memory fits a block.
+# (p, levels, D, dtype) of every specialised forward / backward: those whose shared memory fits
+# a block.
 SPEC_CASES = [(p, levels, D, dtype) for p, levels, D in SPEC_PLD
               for dtype in (torch.float32, torch.float16, torch.bfloat16)
               if SpecConfig(ITEMSIZE[dtype], p, levels, D).fits]
+SPEC_BWD_CASES = [(p, levels, D, dtype) for p, levels, D in SPEC_PLD
+                  for dtype in (torch.float32, torch.float16, torch.bfloat16)
+                  if SpecConfig(ITEMSIZE[dtype], p, levels, D, "bwd").fits]

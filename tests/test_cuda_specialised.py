@@ -1,6 +1,6 @@
-"""The CUDA forward specialised on (p, levels, D) on a GPU: what backend="cuda" runs for the
-configurations it covers, against the float64 loop (fresh random inputs, a partial last tile,
-`lengths`, outputs in NaN-filled memory). Without a GPU, the same tile code is tested on the
+"""The CUDA forward and backward specialised on (p, levels, D) on a GPU: what backend="cuda"
+runs for the configurations they cover, against the float64 loop and float64 autograd of the
+reference (fresh random inputs, a partial last tile, `lengths`, outputs in NaN-filled memory). Without a GPU, the same tile code is tested on the
 host (test_cuda_tile_on_host.py). Also runs as a script where pytest is missing
 (scripts/gpu_window.sh): `python tests/test_cuda_specialised.py`.
 """
@@ -10,7 +10,7 @@ import sys
 import torch
 
 import mstr_kernels
-from cuda_spec_configs import ITEMSIZE, SPEC_CASES, SpecConfig
+from cuda_spec_configs import ITEMSIZE, SPEC_BWD_CASES, SPEC_CASES, SpecConfig
 from float64_loop import fractal_attention_f64
 from parity import SPEC_BOUND, rel_err
 
@@ -50,6 +50,31 @@ def check_case(p, levels, D, dtype):
     return err
 
 
+def check_backward_case(p, levels, D, dtype):
+    from mstr_kernels.ops.reference import fractal_attention_reference
+    F = SpecConfig(ITEMSIZE[dtype], p, levels, D, "bwd").F
+    B, H, T = 2, 3, 2 * F + F // 2 + 1
+    lengths = [T, max(1, F + F // 3)]
+    q, k, v, lens = _inputs(B, H, T, D, dtype, lengths, seed=p * 1000 + levels * 100 + D + 7)
+    leaves = [x.detach().requires_grad_() for x in (q, k, v)]
+    out = mstr_kernels.fractal_attention(*leaves, p=p, levels=levels, lengths=lens,
+                                         backend="cuda")
+    dout = torch.randn(out.shape, device="cuda", dtype=torch.float64)
+    _poison_allocator(3 * B * H * T * D * q.element_size())
+    grads = torch.autograd.grad(out, leaves, dout.to(dtype))
+    ref_leaves = [x.detach().double().requires_grad_() for x in (q, k, v)]
+    ref = fractal_attention_reference(*ref_leaves, lens, p, levels, 1.0 / math.sqrt(D))
+    want = torch.autograd.grad(ref, ref_leaves, dout)
+    errs = []
+    for name, g, w in zip(("dq", "dk", "dv"), grads, want):
+        err = rel_err(g, w)
+        assert not torch.isnan(g).any(), f"NaN in {name}"
+        assert err < SPEC_BOUND[dtype], f"{name}: error {err:.2e} > {SPEC_BOUND[dtype]:.0e}"
+        assert (g[1, :, lengths[1]:] == 0).all(), f"{name}: padding frames not zero"
+        errs.append(err)
+    return max(errs)
+
+
 def check_dispatch():
     q, k, v, _ = _inputs(2, 4, 300, 64, torch.bfloat16, None, seed=1)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
@@ -57,6 +82,13 @@ def check_dispatch():
         torch.cuda.synchronize()
     names = {e.name for e in prof.events()}
     assert any("fractal_spec_fwd_kernel" in n for n in names), sorted(names)[:20]
+    leaves = [x.detach().requires_grad_() for x in (q, k, v)]
+    out = mstr_kernels.fractal_attention(*leaves, p=3, levels=4, backend="cuda")
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        out.backward(torch.ones_like(out))
+        torch.cuda.synchronize()
+    names = {e.name for e in prof.events()}
+    assert any("fractal_spec_bwd_kernel" in n for n in names), sorted(names)[:20]
 
 
 if pytest is not None:
@@ -66,7 +98,11 @@ if pytest is not None:
     def test_specialised_forward_matches_float64(p, levels, D, dtype):
         check_case(p, levels, D, dtype)
 
-    def test_headline_runs_the_specialised_kernel():
+    @pytest.mark.parametrize("p,levels,D,dtype", SPEC_BWD_CASES)
+    def test_specialised_backward_matches_float64(p, levels, D, dtype):
+        check_backward_case(p, levels, D, dtype)
+
+    def test_headline_runs_the_specialised_kernels():
         check_dispatch()
 
 
@@ -79,11 +115,18 @@ if __name__ == "__main__":
         except AssertionError as e:
             failures += 1
             print(f"FAIL p={case[0]} L={case[1]} D={case[2]} {case[3]}: {e}")
+    for case in SPEC_BWD_CASES:
+        try:
+            err = check_backward_case(*case)
+            print(f"ok   bwd p={case[0]} L={case[1]} D={case[2]} {case[3]}: {err:.1e}")
+        except AssertionError as e:
+            failures += 1
+            print(f"FAIL bwd p={case[0]} L={case[1]} D={case[2]} {case[3]}: {e}")
     try:
         check_dispatch()
-        print("ok   headline configuration runs fractal_spec_fwd_kernel")
+        print("ok   headline configuration runs fractal_spec_fwd_kernel and _bwd_kernel")
     except AssertionError as e:
         failures += 1
         print(f"FAIL dispatch: {e}")
-    print(f"{failures} failure(s) of {len(SPEC_CASES) + 1}")
+    print(f"{failures} failure(s) of {len(SPEC_CASES) + len(SPEC_BWD_CASES) + 1}")
     sys.exit(1 if failures else 0)

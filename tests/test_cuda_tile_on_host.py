@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from float64_loop import fractal_attention_f64
-from cuda_spec_configs import ITEMSIZE, SPEC_CASES, SPEC_PLD, SpecConfig
+from cuda_spec_configs import ITEMSIZE, SPEC_BWD_CASES, SPEC_CASES, SPEC_PLD, SpecConfig
 from parity import SPEC_BOUND, rel_err
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,14 +101,15 @@ def test_chunking_is_exercised(tile_on_host):
 def test_spec_mirror_matches_kernel(tile_on_host):
     """The report's SpecConfig (threads, shared memory, frames per item, stages) is what the
     compiled kernel code uses, for every configuration that fits and no other."""
-    rows = {tuple(r[:4]): r[4:] for r in tile_on_host.spec_configs()}
+    rows = {tuple(r[:5]): r[5:] for r in tile_on_host.spec_configs()}
     mirrored = {}
     for p, levels, D in SPEC_PLD:
         for itemsize in (2, 4):
-            c = SpecConfig(itemsize, p, levels, D)
-            if c.fits:
-                mirrored[(itemsize, p, levels, D)] = [c.threads, c.smem_bytes, c.F, c.stages,
-                                                      c.min_blocks]
+            for pass_, kind in ((0, "fwd"), (1, "bwd")):
+                c = SpecConfig(itemsize, p, levels, D, kind)
+                if c.fits:
+                    mirrored[(pass_, itemsize, p, levels, D)] = [c.threads, c.smem_bytes, c.F,
+                                                                 c.stages, c.min_blocks]
     assert rows == mirrored
 
 
@@ -159,6 +160,40 @@ def test_spec_forward_edges(tile_on_host, T, lengths, grid):
     B = 1 if lengths is None else len(lengths)
     q, k, v, lens = _spec_inputs(B, 2, T, 64, torch.bfloat16, lengths, seed=T)
     _check_spec(tile_on_host, q, k, v, lens, 3, 4, grid)
+
+
+@pytest.mark.parametrize("p,levels,D,dtype", SPEC_BWD_CASES)
+def test_spec_backward_matches_float64(tile_on_host, p, levels, D, dtype):
+    """Every specialised backward against float64 autograd of the reference: a partial last
+    item, a length inside the first item, two emulated blocks, NaN-poisoned memory."""
+    F = SpecConfig(ITEMSIZE[dtype], p, levels, D, "bwd").F
+    T = F + F // 2 + 1
+    lengths = [T, max(1, F // 3)]
+    q, k, v, lens = _spec_inputs(2, 2, T, D, dtype, lengths, seed=p * 100 + levels * 10 + D + 1)
+    dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(T)).to(dtype)
+    dout[1, :, lengths[1]:] = float("nan")  # gradient of padding: influences nothing
+    _check_spec_backward(tile_on_host, dout, q, k, v, lens, p, levels, grid=2)
+
+
+def _check_spec_backward(tile_on_host, dout, q, k, v, lens, p, levels, grid):
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    dq, dk, dv, info = tile_on_host.spec_backward(dout, q, k, v, lens, p, levels, scale, grid)
+    ref = exact(q, k, v, dout, lens, p, levels, scale)[1:]
+    for name, x, r in zip(("dq", "dk", "dv"), (dq, dk, dv), ref):
+        assert not torch.isnan(x).any(), f"{name} has NaN"
+        err = rel_err(x, r)
+        assert err < SPEC_BOUND[q.dtype], f"{name}: error {err:.2e} ({info.tolist()})"
+        if lens is not None:
+            for b, n in enumerate(lens.tolist()):
+                assert (x[b, :, n:] == 0).all(), f"{name} is not 0 on padding of item {b}"
+
+
+@pytest.mark.parametrize("T,lengths,grid", [(2, None, 1), (81, [0, 81], 1), (500, [500, 244, 81], 3)])
+def test_spec_backward_edges(tile_on_host, T, lengths, grid):
+    B = 1 if lengths is None else len(lengths)
+    q, k, v, lens = _spec_inputs(B, 2, T, 64, torch.bfloat16, lengths, seed=T + 1)
+    dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(T)).to(torch.bfloat16)
+    _check_spec_backward(tile_on_host, dout, q, k, v, lens, 3, 4, grid)
 
 
 def test_spec_forward_is_deterministic(tile_on_host):

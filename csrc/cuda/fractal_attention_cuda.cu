@@ -1,8 +1,8 @@
 // CUDA launchers of the fused fractal attention forward and backward: one launch each for the
 // whole batch. A thread block walks (batch, head, tile) items; the tile's work is in
-// fractal_tile.cuh. Inputs are checked in fractal_attention.cpp. The forward first offers the
-// inputs to the kernels specialised on (p, levels, D) (fractal_spec_cuda.cu); these general
-// kernels take whatever those do not cover.
+// fractal_tile.cuh. Inputs are checked in fractal_attention.cpp. Forward and backward first
+// offer the inputs to the kernels specialised on (p, levels, D) (fractal_spec_cuda.cu); these
+// general kernels take whatever those do not cover.
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -188,6 +188,7 @@ void fractal_attention_bwd_cuda(const at::Tensor& dout, const at::Tensor& q, con
                                 const FractalParams& params, at::Tensor& dq, at::Tensor& dk,
                                 at::Tensor& dv) {
   const c10::cuda::CUDAGuard guard(q.device());
+  if (fractal_attention_bwd_cuda_specialised(dout, q, k, v, lengths, params, dq, dk, dv)) return;
   AT_DISPATCH_SWITCH(q.scalar_type(), "fractal_attention_bwd_cuda",
     AT_DISPATCH_CASE(at::kFloat,
                      [&] { launch_backward<scalar_t>(dout, q, k, v, lengths, params, dq, dk, dv); })

@@ -50,10 +50,12 @@ constexpr int kSmemLimit = 227 * 1024;       // sm_90 opt-in per block
 
 enum class Gelu { kErf, kTanh };  // kTanh: hardware tanh form, half precision only
 
-template <typename T, int kP, int kL, int kD>
+// kInputs tensors copied per item (forward: q, k, v; backward: q, k, v, dout), kOutRows pooled
+// output arrays (forward: GELU(Y); backward: the pooled shares of dq, dk, dv).
+template <typename T, int kP, int kL, int kD, int kInputs = 3, int kOutRows = 1>
 struct Config {
   static_assert(kD % (2 * kChannels) == 0 || kD == kChannels * 4, "D in {32, 64, 128}");
-  static constexpr int p = kP, levels = kL, D = kD;
+  static constexpr int p = kP, levels = kL, D = kD, inputs = kInputs, out_rows = kOutRows;
   static constexpr int P = ipow(kP, kL);            // frames per tile
   static constexpr int M = P >= 64 ? 1 : 96 / P;    // tiles per item
   static constexpr int F = P * M;                   // frames per item
@@ -81,8 +83,8 @@ struct Config {
   static constexpr int pool_windows = win_off(kL + 1);
   // Shared memory: raw q, k, v per stage (as in global memory), then fp32 pooled sums of q, k,
   // v and the pooled GELU rows (R_pool rows of D floats each).
-  static constexpr int raw_bytes = 3 * F * kD * int(sizeof(T));
-  static constexpr int pooled_floats = 4 * (R_pool > 0 ? R_pool : 1) * kD;
+  static constexpr int raw_bytes = kInputs * F * kD * int(sizeof(T));
+  static constexpr int pooled_floats = (kInputs + kOutRows) * (R_pool > 0 ? R_pool : 1) * kD;
   static constexpr int pooled_bytes = pooled_floats * 4;
   static constexpr int stages = 2 * raw_bytes + pooled_bytes <= kSmemTwoBlocks ? 2
                                 : raw_bytes + pooled_bytes <= kSmemTwoBlocks    ? 1
@@ -97,8 +99,6 @@ struct Config {
   static constexpr int threads = cdiv(cdiv(items1, rounds1), 32) * 32;
   static constexpr int items_pool = pool_windows * G;
   static constexpr int rounds_pool = cdiv(items_pool, threads);
-  static constexpr int copies = 3 * F * VPR;  // 16-byte copies per item
-  static constexpr int rounds_copy = cdiv(copies, threads);
   static constexpr Gelu gelu = sizeof(T) == 2 ? Gelu::kTanh : Gelu::kErf;
 };
 
@@ -110,6 +110,7 @@ struct ForwardArgs {
   int64_t T_len;
   int H, n_super, n_items;  // n_items = B * H * n_super < 2**31 (checked by the launcher)
   float scale_log2;  // scale * log2(e): softmax in base 2
+  MSTR_DEV const TensorRef<const T>& input(int x) const { return x == 0 ? q : (x == 1 ? k : v); }
 };
 
 // ---- arithmetic -----------------------------------------------------------------------------
@@ -289,8 +290,8 @@ struct Item {
   int n;       // valid frames: 0 <= n <= frames
 };
 
-template <class Cfg, typename T>
-MSTR_DEV Item locate(const ForwardArgs<T>& a, int item) {
+template <class Cfg, class Args>
+MSTR_DEV Item locate(const Args& a, int item) {
   Item it;
   const unsigned rest = unsigned(item) / unsigned(a.H);
   it.h = unsigned(item) - rest * unsigned(a.H);
@@ -312,15 +313,15 @@ MSTR_DEV const T* row_ptr(const TensorRef<const T>& x, const Item& it, int t) {
 
 // The item's q, k, v rows into `raw` (tensor-major, rows of D), VPR threads per row; rows of
 // frames past the valid length are zero-filled (their source address is not read).
-template <class Cfg, typename T, class Block>
-MSTR_DEV void issue_copies(const Block& blk, const ForwardArgs<T>& a, T* raw, const Item& it) {
+template <class Cfg, class Args, typename T, class Block>
+MSTR_DEV void issue_copies(const Block& blk, const Args& a, T* raw, const Item& it) {
   constexpr int F = Cfg::F, D = Cfg::D, VPR = Cfg::VPR;
   static_assert(Cfg::threads % VPR == 0, "whole rows per round");
   constexpr int rows_per_round = Cfg::threads / VPR;
   const int vec = blk.tid % VPR, t_first = blk.tid / VPR;
 #pragma unroll
-  for (int x = 0; x < 3; ++x) {
-    const TensorRef<const T>& src = x == 0 ? a.q : (x == 1 ? a.k : a.v);
+  for (int x = 0; x < Cfg::inputs; ++x) {
+    const TensorRef<const T>& src = a.input(x);
     const T* from = row_ptr(src, it, t_first) + vec * Cfg::W;
     const int64_t step = int64_t(rows_per_round) * src.st;
     T* dst = raw + (x * F + t_first) * D + vec * Cfg::W;
@@ -443,16 +444,12 @@ MSTR_DEV void pooled_window(const Block& blk, const ForwardArgs<T>& a, const Ite
   }
 }
 
+// Pooled sums of the Cfg::inputs tensors, level by level: level 2 from the raw frames, level l
+// from level l - 1 (a barrier after each level).
 template <class Cfg, typename T, class Block>
-MSTR_DEV void forward_item(const Block& blk, const ForwardArgs<T>& a, const T* raw, float* pooled,
-                           const Item& it) {
+MSTR_DEV void pooled_sums(const Block& blk, const T* raw, float* psum, int c) {
   constexpr int p = Cfg::p, L = Cfg::levels, G = Cfg::G, D = Cfg::D, F = Cfg::F;
   constexpr int C = kChannels;
-  float* psum = pooled;                      // [3][R_pool][D]: pooled sums of q, k, v
-  float* pgelu = pooled + 3 * Cfg::R_pool * D;  // [R_pool][D]: GELU(Y) of the pooled rows
-  const int c = blk.tid % G;
-
-  // Pooled sums, level by level: level 2 from the raw frames, level l from level l - 1.
   static_for<2, L + 1>([&](auto lc) {
     constexpr int l = decltype(lc)::value;
     constexpr int n_items = Cfg::rows(l) * G;
@@ -462,7 +459,7 @@ MSTR_DEV void forward_item(const Block& blk, const ForwardArgs<T>& a, const T* r
       if (n_items % Cfg::threads == 0 || k < n_items) {
         const int j = k / G;
 #pragma unroll
-        for (int x = 0; x < 3; ++x) {
+        for (int x = 0; x < Cfg::inputs; ++x) {
           float acc[C] = {};
 #pragma unroll
           for (int i = 0; i < p; ++i) {
@@ -483,6 +480,19 @@ MSTR_DEV void forward_item(const Block& blk, const ForwardArgs<T>& a, const T* r
     }
     blk.sync();
   });
+
+}
+
+template <class Cfg, typename T, class Block>
+MSTR_DEV void forward_item(const Block& blk, const ForwardArgs<T>& a, const T* raw, float* pooled,
+                           const Item& it) {
+  constexpr int p = Cfg::p, L = Cfg::levels, G = Cfg::G, D = Cfg::D, F = Cfg::F;
+  constexpr int C = kChannels;
+  float* psum = pooled;                      // [3][R_pool][D]: pooled sums of q, k, v
+  float* pgelu = pooled + 3 * Cfg::R_pool * D;  // [R_pool][D]: GELU(Y) of the pooled rows
+  const int c = blk.tid % G;
+
+  pooled_sums<Cfg>(blk, raw, psum, c);
 
   // Pooled attention, all levels at once: item k = (window, lane), whole warps skipped.
   if constexpr (L >= 2) {
@@ -576,10 +586,12 @@ MSTR_DEV float* pooled_area(unsigned char* smem) {
 }
 
 // A block's items first, first + stride, ...: the next item's copies are issued before this
-// one's arithmetic (two stages), or after it (one stage).
-template <class Cfg, typename T, class Block>
-MSTR_DEV void forward_block(const Block& blk, const ForwardArgs<T>& a, unsigned char* smem,
-                            int first, int stride) {
+// one's arithmetic (two stages), or after it (one stage); item_fn(raw, pooled, Item, index)
+// does one. kRelocate: the item's position is recomputed each iteration rather than carried
+// over from the previous one's copies (fewer registers live across the item: the backward).
+template <class Cfg, typename T, bool kRelocate = false, class Args, class Block, class ItemFn>
+MSTR_DEV void item_loop(const Block& blk, const Args& a, unsigned char* smem, int first, int stride,
+                        ItemFn&& item_fn) {
   if (first >= a.n_items) return;
   float* pooled = pooled_area<Cfg>(smem);
   Item it = locate<Cfg>(a, first);
@@ -588,6 +600,7 @@ MSTR_DEV void forward_block(const Block& blk, const ForwardArgs<T>& a, unsigned 
   int stage = 0;
   for (int item = first; item < a.n_items; item += stride) {
     const int next = item + stride;
+    if constexpr (kRelocate) it = locate<Cfg>(a, item);
     const Item it_next = locate<Cfg>(a, next < a.n_items ? next : item);
     if constexpr (Cfg::stages == 2) {
       if (next < a.n_items) issue_copies<Cfg>(blk, a, raw_stage<Cfg, T>(smem, stage ^ 1), it_next);
@@ -597,7 +610,7 @@ MSTR_DEV void forward_block(const Block& blk, const ForwardArgs<T>& a, unsigned 
       copy_wait<0>();
     }
     blk.sync();
-    forward_item<Cfg>(blk, a, raw_stage<Cfg, T>(smem, stage), pooled, it);
+    item_fn(raw_stage<Cfg, T>(smem, stage), pooled, it, item);
     blk.sync();
     if constexpr (Cfg::stages == 2) {
       stage ^= 1;
@@ -605,8 +618,17 @@ MSTR_DEV void forward_block(const Block& blk, const ForwardArgs<T>& a, unsigned 
       if (next < a.n_items) issue_copies<Cfg>(blk, a, raw_stage<Cfg, T>(smem, 0), it_next);
       copy_commit();
     }
-    it = it_next;
+    if constexpr (!kRelocate) it = it_next;
   }
+}
+
+template <class Cfg, typename T, class Block>
+MSTR_DEV void forward_block(const Block& blk, const ForwardArgs<T>& a, unsigned char* smem,
+                            int first, int stride) {
+  item_loop<Cfg, T>(blk, a, smem, first, stride,
+                    [&](const T* raw, float* pooled, const Item& it, int) {
+                      forward_item<Cfg>(blk, a, raw, pooled, it);
+                    });
 }
 
 }  // namespace specialised
