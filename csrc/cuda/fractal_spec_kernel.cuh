@@ -1,8 +1,8 @@
 // The specialised forward's and backward's kernels and their launch for one configuration
 // (fractal_spec_tile.cuh, fractal_spec_bwd_tile.cuh). The definitions are seen only where
-// MSTR_SPEC_T is defined: fractal_spec_fwd_{f32,f16,bf16}.cu instantiate every configuration of
-// one dtype (three translation units that compile in parallel); the dispatcher
-// (fractal_spec_cuda.cu) sees the declarations only.
+// MSTR_SPEC_T is defined: fractal_spec_{fwd,bwd}_{f32,f16,bf16}.cu instantiate every
+// configuration of one pass (MSTR_SPEC_FWD or MSTR_SPEC_BWD) and dtype (six translation units
+// that compile in parallel); the dispatcher (fractal_spec_cuda.cu) sees the declarations only.
 #pragma once
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -177,13 +177,17 @@ bool launch_backward(const at::Tensor& dout, const at::Tensor& q, const at::Tens
   return false;
 }
 
-#define MSTR_SPEC_INSTANTIATE_PL(pp, ll)                                                       \
-  template bool launch_forward<MSTR_SPEC_T, pp, ll>(const at::Tensor&, const at::Tensor&,      \
-                                                    const at::Tensor&, const at::Tensor&,      \
-                                                    const FractalParams&, at::Tensor&);        \
-  template bool launch_backward<MSTR_SPEC_T, pp, ll>(                                          \
-      const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,              \
+#if defined(MSTR_SPEC_FWD)
+#define MSTR_SPEC_INSTANTIATE_PL(pp, ll)                                                  \
+  template bool launch_forward<MSTR_SPEC_T, pp, ll>(const at::Tensor&, const at::Tensor&, \
+                                                    const at::Tensor&, const at::Tensor&, \
+                                                    const FractalParams&, at::Tensor&);
+#else
+#define MSTR_SPEC_INSTANTIATE_PL(pp, ll)                                            \
+  template bool launch_backward<MSTR_SPEC_T, pp, ll>(                               \
+      const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,   \
       const at::Tensor&, const FractalParams&, at::Tensor&, at::Tensor&, at::Tensor&);
+#endif
 MSTR_SPEC_PL(MSTR_SPEC_INSTANTIATE_PL)
 #undef MSTR_SPEC_INSTANTIATE_PL
 #endif  // MSTR_SPEC_T
