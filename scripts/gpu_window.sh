@@ -103,10 +103,10 @@ if want ncu; then
   else
     : > "$WORK/ncu.txt"
     METRICS=dram__bytes_read.sum,dram__bytes_write.sum,smsp__inst_executed.sum,smsp__issue_active.avg.pct_of_peak_sustained_active,gpu__time_duration.sum
-    for target in cuda:fwd:0 cuda:fwd:1 cuda:bwd:0 triton:fwd:0 triton:bwd:0; do
+    for target in cuda:fwd:0 cuda:fwd:1 cuda:bwd:0 cuda:bwd:1 triton:fwd:0 triton:bwd:0; do
       IFS=: read -r backend kind general <<< "$target"
       echo "### ncu-$backend-$kind-general$general" >> "$WORK/ncu.txt"
-      MSTR_KERNELS_CUDA_GENERAL=$general step "ncu $backend $kind general=$general" 45 "$NCU" \
+      MSTR_KERNELS_CUDA_GENERAL=$general step "ncu $backend $kind general=$general" 40 "$NCU" \
         --clock-control none -k regex:fractal --launch-skip 2 --launch-count 1 \
         --metrics "$METRICS" --section WarpStateStats --csv --page raw \
         $PY benchmarks/profile_op.py --backend "$backend" --kind "$kind" --calls 3 \
