@@ -84,7 +84,7 @@ want bench && step "benchmark vs SDPA" 110 $PY -m mstr_kernels.cli bench --devic
 
 if want ab; then  # rounds interleaved, so that clock and thermal drift hit every variant alike
   : > "$WORK/ab.txt"
-  for round in 1 2 3; do
+  for round in 1 2; do
     for variant in specialised general triton; do
       backend=cuda; env_general=0
       [ $variant = general ] && env_general=1
