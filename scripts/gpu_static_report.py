@@ -180,7 +180,8 @@ def parse_resources(text):
             current = m.group(1)
             continue
         if current and "REG:" in line:
-            out[current] = {k: int(v) for k, v in re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", line)}
+            found = re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", line)
+            out[current] = {k: int(v) for k, v in found}
             current = None
     return out
 
@@ -321,7 +322,8 @@ def cuda_rows(binary, configs):
         m = re.search(r"fractal_spec_(fwd|bwd)_kernel.*?ConfigI(N3c108BFloat16E|N3c104HalfE|f)"
                       r"Li(\d+)ELi(\d+)ELi(\d+)E", name)
         if m:
-            spec[(m.group(1), MANGLED_DTYPE[m.group(2)], *map(int, m.groups()[2:]))] = (name, instrs)
+            key = (m.group(1), MANGLED_DTYPE[m.group(2)], *map(int, m.groups()[2:]))
+            spec[key] = (name, instrs)
             continue
         m = re.search(r"fractal_(fwd|bwd)_kernelI(N3c108BFloat16E|N3c104HalfE|f)E", name)
         if m:
@@ -429,9 +431,10 @@ def triton_rows(configs):
             try:
                 compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
                 regs, st, ld, stack = ptxas_usage(compiled.asm["ptx"])
-                if (st or ld) and "maxnreg" in options:  # as the launcher does: drop a cap that spills
+                if (st or ld) and "maxnreg" in options:  # as the launcher: drop a cap that spills
                     options.pop("maxnreg")
-                    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
+                    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                                              options=options)
                     regs, st, ld, stack = ptxas_usage(compiled.asm["ptx"])
             except Exception as e:  # a compile failure is a finding, reported per row
                 rows.append(dict(backend="triton", **{"pass": kind}, dtype=dtype, p=p,

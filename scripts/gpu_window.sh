@@ -11,8 +11,8 @@
 #      every GPU backend (scripts/gpu_parity.py);
 #   4. the op benchmark (mstr_kernels.bench) at B=32 H=16 D=64 bf16 p=3 levels=4 and
 #      T = 4096, 150, 224, 326, 1024: cuda, triton and SDPA (flash) with the same inputs;
-#   5. an alternating A/B of the forward: specialised vs general CUDA kernels (MSTR_KERNELS_CUDA_GENERAL)
-#      and triton, rounds interleaved (benchmarks/profile_op.py);
+#   5. an alternating A/B of the forward: specialised vs general CUDA kernels
+#      (MSTR_KERNELS_CUDA_GENERAL) and triton, rounds interleaved (benchmarks/profile_op.py);
 #   6. ncu on one launch of each kernel (--clock-control none): DRAM bytes read and written,
 #      warp instructions, issue-active percentage, warp stall reasons;
 #   7. a results file <gpu>-<date>-window.json under benchmarks/results/ (or $OUT when set: the
@@ -37,11 +37,15 @@ exec > >(tee -a "$WORK/window.log") 2>&1
 echo "GPU window: $STEM, $(date -u +%FT%TZ), commit ${MSTR_BENCH_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null)}"
 
 left() { echo $(( LIMIT_S - (SECONDS - START) )); }
-step() {  # step NAME LIMIT_SECONDS COMMAND... : runs with min(LIMIT, time left - 20 s for the summary)
+# step NAME LIMIT_SECONDS COMMAND...: runs with min(LIMIT, time left - 20 s kept for the summary)
+step() {
   local name=$1 limit=$2; shift 2
   local avail=$(( $(left) - 20 ))
   (( limit > avail )) && limit=$avail
-  if (( limit < 5 )); then echo "=== $name SKIPPED (window spent) ==="; echo "$name skipped" >> "$WORK/steps.txt"; return 1; fi
+  if (( limit < 5 )); then
+    echo "=== $name SKIPPED (window spent) ==="; echo "$name skipped" >> "$WORK/steps.txt"
+    return 1
+  fi
   echo; echo "=== $name (limit ${limit}s, $(( SECONDS - START ))s elapsed) ==="
   timeout --signal=INT --kill-after=10 "$limit" "$@"
   local rc=$?
@@ -102,7 +106,8 @@ if want ncu; then
     echo "ncu not found: step skipped"; echo "ncu missing" >> "$WORK/steps.txt"
   else
     : > "$WORK/ncu.txt"
-    METRICS=dram__bytes_read.sum,dram__bytes_write.sum,smsp__inst_executed.sum,smsp__issue_active.avg.pct_of_peak_sustained_active,gpu__time_duration.sum
+    METRICS=dram__bytes_read.sum,dram__bytes_write.sum,smsp__inst_executed.sum
+    METRICS+=,smsp__issue_active.avg.pct_of_peak_sustained_active,gpu__time_duration.sum
     for target in cuda:fwd:0 cuda:fwd:1 cuda:bwd:0 cuda:bwd:1 triton:fwd:0 triton:bwd:0; do
       IFS=: read -r backend kind general <<< "$target"
       echo "### ncu-$backend-$kind-general$general" >> "$WORK/ncu.txt"

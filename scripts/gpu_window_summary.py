@@ -99,7 +99,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     work = args.work
     copy_gbs, bench = read_bench(work)
-    static = json.loads((work / "static.json").read_text()) if (work / "static.json").exists() else None
+    static_path = work / "static.json"
+    static = json.loads(static_path.read_text()) if static_path.exists() else None
     result = {"steps": read_steps(work), "copy_gbs": copy_gbs, "bench": bench,
               "ab_forward": read_ab(work),
               "ncu": read_ncu_file(work / "ncu.txt"),

@@ -1,7 +1,7 @@
 """The CUDA forward and backward specialised on (p, levels, D) on a GPU: what backend="cuda"
 runs for the configurations they cover, against the float64 loop and float64 autograd of the
-reference (fresh random inputs, a partial last tile, `lengths`, outputs in NaN-filled memory). Without a GPU, the same tile code is tested on the
-host (test_cuda_tile_on_host.py). Also runs as a script where pytest is missing
+reference (fresh random inputs, a partial last tile, `lengths`, outputs in NaN-filled memory).
+Without a GPU, the same tile code is tested on the host (test_cuda_tile_on_host.py). Also runs as a script where pytest is missing
 (scripts/gpu_window.sh): `python tests/test_cuda_specialised.py`.
 """
 import math

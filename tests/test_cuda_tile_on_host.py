@@ -132,7 +132,7 @@ def _check_spec(tile_on_host, q, k, v, lens, p, levels, grid):
     ref = torch.from_numpy(fractal_attention_f64(*clean, p, levels, lens, scale))
     assert not torch.isnan(out).any(), "out has NaN (a frame was not written or read padding)"
     err = rel_err(out, ref)
-    assert err < SPEC_BOUND[q.dtype], f"error {err:.2e} (threads, smem, F, stages = {info.tolist()})"
+    assert err < SPEC_BOUND[q.dtype], f"error {err:.2e} (threads, smem, F, stages: {info.tolist()})"
     if lens is not None:
         for b, n in enumerate(lens.tolist()):
             assert (out[b, :, n:] == 0).all(), f"out is not 0 on padding of item {b}"
@@ -188,7 +188,8 @@ def _check_spec_backward(tile_on_host, dout, q, k, v, lens, p, levels, grid):
                 assert (x[b, :, n:] == 0).all(), f"{name} is not 0 on padding of item {b}"
 
 
-@pytest.mark.parametrize("T,lengths,grid", [(2, None, 1), (81, [0, 81], 1), (500, [500, 244, 81], 3)])
+@pytest.mark.parametrize("T,lengths,grid",
+                         [(2, None, 1), (81, [0, 81], 1), (500, [500, 244, 81], 3)])
 def test_spec_backward_edges(tile_on_host, T, lengths, grid):
     B = 1 if lengths is None else len(lengths)
     q, k, v, lens = _spec_inputs(B, 2, T, 64, torch.bfloat16, lengths, seed=T + 1)

@@ -1,7 +1,8 @@
 // Dispatch of the forward and backward specialised on (p, levels, D) (fractal_spec_kernel.cuh):
 // covers the configurations listed in fractal_spec_configs.h whose tensors allow 16-byte copies;
-// the general kernels (fractal_attention_cuda.cu) take everything else. MSTR_KERNELS_CUDA_GENERAL=1 in the
-// environment (read once) makes every input take the general kernels (for A/B measurements).
+// the general kernels (fractal_attention_cuda.cu) take everything else.
+// MSTR_KERNELS_CUDA_GENERAL=1 in the environment (read once) makes every input take the general
+// kernels (for A/B measurements).
 #include <cstdlib>
 #include <cstring>
 

@@ -173,7 +173,9 @@ void run_spec_grid(int64_t grid, Body body) {
     std::vector<float> exchange(size_t(Cfg::threads) * kMaxShuffled, NAN);
     std::barrier<> block(Cfg::threads);
     std::vector<std::unique_ptr<std::barrier<>>> warps;
-    for (int w = 0; w < Cfg::threads / 32; ++w) warps.push_back(std::make_unique<std::barrier<>>(32));
+    for (int w = 0; w < Cfg::threads / 32; ++w) {
+      warps.push_back(std::make_unique<std::barrier<>>(32));
+    }
     std::vector<std::thread> threads;
     for (int t = 0; t < Cfg::threads; ++t) {
       threads.emplace_back([&, t] {
