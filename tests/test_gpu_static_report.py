@@ -102,6 +102,8 @@ def test_report_json(tmp_path):
     for r in rows:
         assert KEYS <= set(r), sorted(KEYS - set(r))
     by = {(r["backend"], r["pass"]): r for r in rows}
+    assert ("cuda-specialised", "fwd") in by, (
+        f"{binary} has no specialised kernels: built before csrc/cuda/fractal_spec_* (rebuild)")
     spec = by[("cuda-specialised", "fwd")]
     assert (spec["dtype"], spec["p"], spec["levels"], spec["D"]) == ("bf16", 3, 4, 64)
     assert 0 < spec["instructions_per_element"] <= 60
