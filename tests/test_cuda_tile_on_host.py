@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from float64_loop import fractal_attention_f64
+from cuda_spec_configs import ITEMSIZE, SPEC_BWD_CASES, SPEC_CASES, SPEC_PLD, SpecConfig
 from parity import SPEC_BOUND, rel_err
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,3 +94,111 @@ def test_chunking_is_exercised(tile_on_host):
     q = torch.randn(1, 1, 100, 64)
     _, chunk = tile_on_host.forward(q, q, q, None, 3, 4, 0.125, 30 * 1024, 64)
     assert chunk.item() < 64  # a budget of 30 KiB cannot hold two pyramids of 64 columns
+
+
+# ---- the forward specialised on (p, levels, D): csrc/cuda/fractal_spec_tile.cuh ----------------
+
+def test_spec_mirror_matches_kernel(tile_on_host):
+    """The report's SpecConfig (threads, shared memory, frames per item, stages) is what the
+    compiled kernel code uses, for every configuration that fits and no other."""
+    rows = {tuple(r[:5]): r[5:] for r in tile_on_host.spec_configs()}
+    mirrored = {}
+    for p, levels, D in SPEC_PLD:
+        for itemsize in (2, 4):
+            for pass_, kind in ((0, "fwd"), (1, "bwd")):
+                c = SpecConfig(itemsize, p, levels, D, kind)
+                if c.fits:
+                    mirrored[(pass_, itemsize, p, levels, D)] = [c.threads, c.smem_bytes, c.F,
+                                                                 c.stages, c.min_blocks]
+    assert rows == mirrored
+
+
+def _spec_inputs(B, H, T, D, dtype, lengths, seed):
+    g = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(B, T, 3, H, D, generator=g).to(dtype)  # views of one projection
+    q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
+    lens = None if lengths is None else torch.tensor(lengths, dtype=torch.int32)
+    if lengths is not None:  # padding must influence nothing
+        for b, n in enumerate(lengths):
+            qkv[b, n:] = float("nan")
+    return q, k, v, lens
+
+
+def _check_spec(tile_on_host, q, k, v, lens, p, levels, grid):
+    D = q.shape[-1]
+    scale = 1.0 / math.sqrt(D)
+    out, info = tile_on_host.spec_forward(q, k, v, lens, p, levels, scale, grid)
+    clean = [torch.nan_to_num(x.double(), nan=0.0) for x in (q, k, v)]
+    ref = torch.from_numpy(fractal_attention_f64(*clean, p, levels, lens, scale))
+    assert not torch.isnan(out).any(), "out has NaN (a frame was not written or read padding)"
+    err = rel_err(out, ref)
+    assert err < SPEC_BOUND[q.dtype], f"error {err:.2e} (threads, smem, F, stages: {info.tolist()})"
+    if lens is not None:
+        for b, n in enumerate(lens.tolist()):
+            assert (out[b, :, n:] == 0).all(), f"out is not 0 on padding of item {b}"
+    return info
+
+
+@pytest.mark.parametrize("p,levels,D,dtype", SPEC_CASES)
+def test_spec_forward_matches_float64(tile_on_host, p, levels, D, dtype):
+    """Every specialised configuration: a partial last item, a length inside the first item,
+    two emulated blocks walking the items (the persistent stride and both copy stages)."""
+    F = SpecConfig(ITEMSIZE[dtype], p, levels, D).F
+    T = F + F // 2 + 1
+    lengths = [T, max(1, F // 3)]
+    q, k, v, lens = _spec_inputs(2, 2, T, D, dtype, lengths, seed=p * 100 + levels * 10 + D)
+    _check_spec(tile_on_host, q, k, v, lens, p, levels, grid=2)
+
+
+@pytest.mark.parametrize("T,lengths,grid", [
+    (2, None, 1),               # T < p
+    (81, [0, 81], 1),           # exactly one tile; a sequence of length 0
+    (500, [500, 244, 81], 3),   # several items per block, tails inside a tile
+    (163, None, 5),             # more blocks than items for some
+])
+def test_spec_forward_edges(tile_on_host, T, lengths, grid):
+    B = 1 if lengths is None else len(lengths)
+    q, k, v, lens = _spec_inputs(B, 2, T, 64, torch.bfloat16, lengths, seed=T)
+    _check_spec(tile_on_host, q, k, v, lens, 3, 4, grid)
+
+
+@pytest.mark.parametrize("p,levels,D,dtype", SPEC_BWD_CASES)
+def test_spec_backward_matches_float64(tile_on_host, p, levels, D, dtype):
+    """Every specialised backward against float64 autograd of the reference: a partial last
+    item, a length inside the first item, two emulated blocks, NaN-poisoned memory."""
+    F = SpecConfig(ITEMSIZE[dtype], p, levels, D, "bwd").F
+    T = F + F // 2 + 1
+    lengths = [T, max(1, F // 3)]
+    q, k, v, lens = _spec_inputs(2, 2, T, D, dtype, lengths, seed=p * 100 + levels * 10 + D + 1)
+    dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(T)).to(dtype)
+    dout[1, :, lengths[1]:] = float("nan")  # gradient of padding: influences nothing
+    _check_spec_backward(tile_on_host, dout, q, k, v, lens, p, levels, grid=2)
+
+
+def _check_spec_backward(tile_on_host, dout, q, k, v, lens, p, levels, grid):
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    dq, dk, dv, info = tile_on_host.spec_backward(dout, q, k, v, lens, p, levels, scale, grid)
+    ref = exact(q, k, v, dout, lens, p, levels, scale)[1:]
+    for name, x, r in zip(("dq", "dk", "dv"), (dq, dk, dv), ref):
+        assert not torch.isnan(x).any(), f"{name} has NaN"
+        err = rel_err(x, r)
+        assert err < SPEC_BOUND[q.dtype], f"{name}: error {err:.2e} ({info.tolist()})"
+        if lens is not None:
+            for b, n in enumerate(lens.tolist()):
+                assert (x[b, :, n:] == 0).all(), f"{name} is not 0 on padding of item {b}"
+
+
+@pytest.mark.parametrize("T,lengths,grid",
+                         [(2, None, 1), (81, [0, 81], 1), (500, [500, 244, 81], 3)])
+def test_spec_backward_edges(tile_on_host, T, lengths, grid):
+    B = 1 if lengths is None else len(lengths)
+    q, k, v, lens = _spec_inputs(B, 2, T, 64, torch.bfloat16, lengths, seed=T + 1)
+    dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(T)).to(torch.bfloat16)
+    _check_spec_backward(tile_on_host, dout, q, k, v, lens, 3, 4, grid)
+
+
+def test_spec_forward_is_deterministic(tile_on_host):
+    q, k, v, lens = _spec_inputs(2, 2, 200, 64, torch.float32, [200, 120], seed=7)
+    a, _ = tile_on_host.spec_forward(q, k, v, lens, 3, 4, 0.125, 2)
+    b, _ = tile_on_host.spec_forward(q, k, v, lens, 3, 4, 0.125, 3)
+    assert torch.equal(a, b)

@@ -1,6 +1,8 @@
 // CUDA launchers of the fused fractal attention forward and backward: one launch each for the
 // whole batch. A thread block walks (batch, head, tile) items; the tile's work is in
-// fractal_tile.cuh. Inputs are checked in fractal_attention.cpp.
+// fractal_tile.cuh. Inputs are checked in fractal_attention.cpp. Forward and backward first
+// offer the inputs to the kernels specialised on (p, levels, D) (fractal_spec_cuda.cu); these
+// general kernels take whatever those do not cover.
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -12,6 +14,7 @@
 #include <mutex>
 
 #include "../fractal_attention.h"
+#include "fractal_spec_launch.h"
 #include "fractal_tile.cuh"
 
 namespace mstr_kernels {
@@ -25,7 +28,7 @@ using tile::TensorRef;
 
 constexpr int kMaxThreads = 256;
 // At most 128 registers per thread (2 blocks of 256 threads per SM): ptxas then needs no
-// spills (scripts/cuda_register_report.py); 3 blocks (80 registers) spill.
+// spills (scripts/gpu_static_report.py); 3 blocks (80 registers) spill.
 constexpr int kMinBlocksPerSM = 2;
 // Shared memory a block aims for: 2 blocks per SM on A100 and H100 for the main configuration
 // (forward 66 KiB with one chunk of D=64, backward 71 KiB with two chunks of 32). Bigger tiles fall back to narrower chunks of the head dim (see choose_chunk).
@@ -171,6 +174,7 @@ void fractal_attention_fwd_cuda(const at::Tensor& q, const at::Tensor& k, const 
                                 const at::Tensor& lengths, const FractalParams& params,
                                 at::Tensor& out) {
   const c10::cuda::CUDAGuard guard(q.device());
+  if (fractal_attention_fwd_cuda_specialised(q, k, v, lengths, params, out)) return;
   AT_DISPATCH_SWITCH(q.scalar_type(), "fractal_attention_fwd_cuda",
     AT_DISPATCH_CASE(at::kFloat, [&] { launch_forward<scalar_t>(q, k, v, lengths, params, out); })
     AT_DISPATCH_CASE(at::kHalf, [&] { launch_forward<scalar_t>(q, k, v, lengths, params, out); })
@@ -184,6 +188,7 @@ void fractal_attention_bwd_cuda(const at::Tensor& dout, const at::Tensor& q, con
                                 const FractalParams& params, at::Tensor& dq, at::Tensor& dk,
                                 at::Tensor& dv) {
   const c10::cuda::CUDAGuard guard(q.device());
+  if (fractal_attention_bwd_cuda_specialised(dout, q, k, v, lengths, params, dq, dk, dv)) return;
   AT_DISPATCH_SWITCH(q.scalar_type(), "fractal_attention_bwd_cuda",
     AT_DISPATCH_CASE(at::kFloat,
                      [&] { launch_backward<scalar_t>(dout, q, k, v, lengths, params, dq, dk, dv); })

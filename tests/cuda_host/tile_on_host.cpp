@@ -1,5 +1,7 @@
-// Runs the CUDA kernels' per-tile code (csrc/cuda/fractal_tile.cuh) on the host: each thread
-// block is emulated by `nthreads` std::threads meeting at a std::barrier for __syncthreads.
+// Runs the CUDA kernels' per-tile code (csrc/cuda/fractal_tile.cuh, and the specialised forward
+// of csrc/cuda/fractal_spec_tile.cuh) on the host: each thread block is emulated by `nthreads`
+// std::threads meeting at a std::barrier for __syncthreads; lane shuffles are emulated per warp
+// of 32 threads through a shared buffer and a barrier of that warp.
 // Lets CI test the kernels' indexing, chunking and synchronisation without a GPU. The launch
 // geometry comes from the same plan_geometry as the CUDA launcher, with a shared-memory budget
 // chosen by the test (to force chunks of the head dim).
@@ -7,9 +9,12 @@
 
 #include <barrier>
 #include <cmath>
+#include <memory>
 #include <thread>
 #include <vector>
 
+#include "cuda/fractal_spec_configs.h"
+#include "cuda/fractal_spec_bwd_tile.cuh"
 #include "cuda/fractal_tile.cuh"
 
 namespace {
@@ -134,9 +139,221 @@ std::vector<at::Tensor> backward(const at::Tensor& dout, const at::Tensor& q, co
   }
 }
 
+// ---- the specialised forward ------------------------------------------------------------------
+
+namespace spec = mstr_kernels::specialised;
+
+constexpr int kMaxShuffled = 64;  // values per lane in one exchange: p * p <= 16
+
+struct HostWarpBlock {
+  int tid;
+  std::barrier<>* block;
+  std::vector<std::unique_ptr<std::barrier<>>>* warps;
+  float* exchange;  // [threads][kMaxShuffled]
+  void sync() const { block->arrive_and_wait(); }
+  template <int N>
+  void xor_add(float (&v)[N], int mask) const {  // __shfl_xor_sync within the warp of 32
+    static_assert(N <= kMaxShuffled);
+    std::barrier<>& warp = *(*warps)[tid / 32];
+    for (int i = 0; i < N; ++i) exchange[tid * kMaxShuffled + i] = v[i];
+    warp.arrive_and_wait();
+    float other[N];
+    for (int i = 0; i < N; ++i) other[i] = exchange[(tid ^ mask) * kMaxShuffled + i];
+    warp.arrive_and_wait();
+    for (int i = 0; i < N; ++i) v[i] += other[i];
+  }
+};
+
+// The grid's blocks one after another, each on Cfg::threads std::threads with its own
+// NaN-poisoned shared memory, walking items first = block, stride = grid as on the GPU.
+template <class Cfg, class Body>
+void run_spec_grid(int64_t grid, Body body) {
+  for (int b = 0; b < int(grid); ++b) {
+    std::vector<float> smem(Cfg::smem_bytes / sizeof(float) + 4, NAN);
+    std::vector<float> exchange(size_t(Cfg::threads) * kMaxShuffled, NAN);
+    std::barrier<> block(Cfg::threads);
+    std::vector<std::unique_ptr<std::barrier<>>> warps;
+    for (int w = 0; w < Cfg::threads / 32; ++w) {
+      warps.push_back(std::make_unique<std::barrier<>>(32));
+    }
+    std::vector<std::thread> threads;
+    for (int t = 0; t < Cfg::threads; ++t) {
+      threads.emplace_back([&, t] {
+        const HostWarpBlock blk{t, &block, &warps, exchange.data()};
+        body(blk, reinterpret_cast<unsigned char*>(smem.data()), b, int(grid));
+      });
+    }
+    for (auto& th : threads) th.join();
+  }
+}
+
+template <class Cfg>
+at::Tensor spec_info() {
+  return at::tensor({int64_t(Cfg::threads), int64_t(Cfg::smem_bytes), int64_t(Cfg::F),
+                     int64_t(Cfg::stages)});
+}
+
+template <class Args>
+void spec_geometry(Args& a, const at::Tensor& q, const c10::optional<at::Tensor>& lengths,
+                   double scale, int F) {
+  a.lengths = lengths.has_value() ? lengths->data_ptr<int>() : nullptr;
+  a.scale_log2 = float(scale * 1.4426950408889634);
+  a.T_len = q.size(2);
+  a.H = int(q.size(1));
+  a.n_super = int((a.T_len + F - 1) / F);
+  a.n_items = int(q.size(0)) * a.H * a.n_super;
+}
+
+template <class Cfg, typename T>
+std::vector<at::Tensor> spec_forward_cfg(const at::Tensor& q, const at::Tensor& k,
+                                         const at::Tensor& v,
+                                         const c10::optional<at::Tensor>& lengths, double scale,
+                                         int64_t grid) {
+  if constexpr (!Cfg::fits) {
+    TORCH_CHECK(false, "configuration does not fit shared memory");
+  } else {
+    at::Tensor out = poisoned_out(q);
+    spec::ForwardArgs<T> a;
+    a.q = tensor_ref<const T>(q);
+    a.k = tensor_ref<const T>(k);
+    a.v = tensor_ref<const T>(v);
+    a.out = tensor_ref<T>(out);
+    TORCH_CHECK(a.q.vec && a.k.vec && a.v.vec && a.out.vec, "inputs do not allow 16-byte copies");
+    spec_geometry(a, q, lengths, scale, Cfg::F);
+    run_spec_grid<Cfg>(grid, [&](const HostWarpBlock& blk, unsigned char* smem, int b, int g) {
+      spec::forward_block<Cfg>(blk, a, smem, b, g);
+    });
+    return {out, spec_info<Cfg>()};
+  }
+}
+
+template <class Cfg, typename T>
+std::vector<at::Tensor> spec_backward_cfg(const at::Tensor& dout, const at::Tensor& q,
+                                          const at::Tensor& k, const at::Tensor& v,
+                                          const c10::optional<at::Tensor>& lengths,
+                                          double scale, int64_t grid) {
+  if constexpr (!Cfg::fits) {
+    TORCH_CHECK(false, "configuration does not fit shared memory");
+  } else {
+    at::Tensor dq = poisoned_out(q), dk = poisoned_out(q), dv = poisoned_out(q);
+    spec::BackwardArgs<T> a;
+    a.q = tensor_ref<const T>(q);
+    a.k = tensor_ref<const T>(k);
+    a.v = tensor_ref<const T>(v);
+    a.dout = tensor_ref<const T>(dout);
+    a.dq = tensor_ref<T>(dq);
+    a.dk = tensor_ref<T>(dk);
+    a.dv = tensor_ref<T>(dv);
+    TORCH_CHECK(a.q.vec && a.k.vec && a.v.vec && a.dout.vec && a.dq.vec,
+                "inputs do not allow 16-byte copies");
+    spec_geometry(a, q, lengths, scale, Cfg::F);
+    a.scale = float(scale);
+    run_spec_grid<Cfg>(grid, [&](const HostWarpBlock& blk, unsigned char* smem, int b, int g) {
+      spec::backward_block<Cfg>(blk, a, smem, b, g);
+    });
+    return {dq, dk, dv, spec_info<Cfg>()};
+  }
+}
+
+template <typename T>
+std::vector<at::Tensor> spec_forward_t(const at::Tensor& q, const at::Tensor& k,
+                                       const at::Tensor& v,
+                                       const c10::optional<at::Tensor>& lengths, int64_t p,
+                                       int64_t levels, double scale, int64_t grid) {
+  const int64_t D = q.size(3);
+#define MSTR_HOST_CASE_D(d) \
+  if (D == d)                                                                             \
+    return spec_forward_cfg<spec::Config<T, P_, L_, d>, T>(q, k, v, lengths, scale, grid);
+#define MSTR_HOST_CASE_PL(pp, ll)        \
+  if (p == pp && levels == ll) {         \
+    constexpr int P_ = pp, L_ = ll;      \
+    MSTR_SPEC_D(MSTR_HOST_CASE_D)        \
+  }
+  MSTR_SPEC_PL(MSTR_HOST_CASE_PL)
+#undef MSTR_HOST_CASE_PL
+#undef MSTR_HOST_CASE_D
+  TORCH_CHECK(false, "no specialised forward for p=", p, " levels=", levels, " D=", D);
+}
+
+template <typename T>
+std::vector<at::Tensor> spec_backward_t(const at::Tensor& dout, const at::Tensor& q,
+                                        const at::Tensor& k, const at::Tensor& v,
+                                        const c10::optional<at::Tensor>& lengths, int64_t p,
+                                        int64_t levels, double scale, int64_t grid) {
+  const int64_t D = q.size(3);
+#define MSTR_HOST_CASE_D(d)                                                                  \
+  if (D == d)                                                                                \
+    return spec_backward_cfg<spec::BwdConfig<T, P_, L_, d>, T>(dout, q, k, v, lengths, scale, \
+                                                               grid);
+#define MSTR_HOST_CASE_PL(pp, ll)        \
+  if (p == pp && levels == ll) {         \
+    constexpr int P_ = pp, L_ = ll;      \
+    MSTR_SPEC_D(MSTR_HOST_CASE_D)        \
+  }
+  MSTR_SPEC_PL(MSTR_HOST_CASE_PL)
+#undef MSTR_HOST_CASE_PL
+#undef MSTR_HOST_CASE_D
+  TORCH_CHECK(false, "no specialised backward for p=", p, " levels=", levels, " D=", D);
+}
+
+// Returns (out, [threads, shared-memory bytes, frames per item, stages]).
+std::vector<at::Tensor> spec_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                     const c10::optional<at::Tensor>& lengths, int64_t p,
+                                     int64_t levels, double scale, int64_t grid) {
+  switch (q.scalar_type()) {
+    case at::kFloat: return spec_forward_t<float>(q, k, v, lengths, p, levels, scale, grid);
+    case at::kHalf: return spec_forward_t<c10::Half>(q, k, v, lengths, p, levels, scale, grid);
+    case at::kBFloat16:
+      return spec_forward_t<c10::BFloat16>(q, k, v, lengths, p, levels, scale, grid);
+    default: TORCH_CHECK(false, "dtype ", q.scalar_type(), " is not float32, float16 or bfloat16");
+  }
+}
+
+// Returns (dq, dk, dv, [threads, shared-memory bytes, frames per item, stages]).
+std::vector<at::Tensor> spec_backward(const at::Tensor& dout, const at::Tensor& q,
+                                      const at::Tensor& k, const at::Tensor& v,
+                                      const c10::optional<at::Tensor>& lengths, int64_t p,
+                                      int64_t levels, double scale, int64_t grid) {
+  switch (q.scalar_type()) {
+    case at::kFloat:
+      return spec_backward_t<float>(dout, q, k, v, lengths, p, levels, scale, grid);
+    case at::kHalf:
+      return spec_backward_t<c10::Half>(dout, q, k, v, lengths, p, levels, scale, grid);
+    case at::kBFloat16:
+      return spec_backward_t<c10::BFloat16>(dout, q, k, v, lengths, p, levels, scale, grid);
+    default: TORCH_CHECK(false, "dtype ", q.scalar_type(), " is not float32, float16 or bfloat16");
+  }
+}
+
+// Every specialised configuration that fits: rows of (pass 0 fwd / 1 bwd, itemsize, p, levels,
+// D, threads, shared-memory bytes, frames per item, stages, blocks per SM aimed at).
+std::vector<std::vector<int64_t>> spec_configs() {
+  std::vector<std::vector<int64_t>> rows;
+  auto add = [&](int64_t pass, auto cfg) {
+    using Cfg = decltype(cfg);
+    if (Cfg::fits) {
+      rows.push_back({pass, int64_t(Cfg::W == 8 ? 2 : 4), Cfg::p, Cfg::levels, Cfg::D,
+                      Cfg::threads, Cfg::smem_bytes, Cfg::F, Cfg::stages, Cfg::min_blocks});
+    }
+  };
+#define MSTR_HOST_ROW_D(d)                              \
+  add(0, spec::Config<c10::BFloat16, P_, L_, d>{});     \
+  add(0, spec::Config<float, P_, L_, d>{});             \
+  add(1, spec::BwdConfig<c10::BFloat16, P_, L_, d>{});  \
+  add(1, spec::BwdConfig<float, P_, L_, d>{});
+#define MSTR_HOST_ROW_PL(pp, ll) { constexpr int P_ = pp, L_ = ll; MSTR_SPEC_D(MSTR_HOST_ROW_D) }
+  MSTR_SPEC_PL(MSTR_HOST_ROW_PL)
+#undef MSTR_HOST_ROW_PL
+#undef MSTR_HOST_ROW_D
+  return rows;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward);
   m.def("backward", &backward);
+  m.def("spec_forward", &spec_forward);
+  m.def("spec_backward", &spec_backward);
+  m.def("spec_configs", &spec_configs);
 }

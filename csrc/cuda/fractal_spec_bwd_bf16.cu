@@ -1,0 +1,4 @@
+// The specialised backwards for c10::BFloat16 inputs (see fractal_spec_kernel.cuh).
+#define MSTR_SPEC_T c10::BFloat16
+#define MSTR_SPEC_BWD
+#include "fractal_spec_kernel.cuh"

@@ -1,0 +1,14 @@
+// The (p, levels) pairs with a forward specialised at compile time (fractal_spec_tile.cuh),
+// each for D in {32, 64, 128} and float32, float16, bfloat16 where its shared memory fits one
+// block (specialised::Config::fits). Read by the CUDA launcher, the host emulation
+// (tests/cuda_host/tile_on_host.cpp) and scripts/gpu_static_report.py.
+#pragma once
+
+#ifndef MSTR_SPEC_PL  // (a narrower list may be defined before this header, to compile faster)
+#define MSTR_SPEC_PL(X) \
+  X(3, 1) X(3, 2) X(3, 3) X(3, 4) X(3, 5) X(2, 5) X(2, 6) X(2, 7) X(4, 3) X(4, 4)
+#endif
+
+#ifndef MSTR_SPEC_D
+#define MSTR_SPEC_D(X) X(32) X(64) X(128)
+#endif

@@ -1,0 +1,4 @@
+// The specialised forwards for c10::Half inputs (see fractal_spec_kernel.cuh).
+#define MSTR_SPEC_T c10::Half
+#define MSTR_SPEC_FWD
+#include "fractal_spec_kernel.cuh"
