@@ -6,11 +6,13 @@ def register(sub):
                             "from the models (SPEC section 3 convention)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON record per dataset and model instead of the table")
-    parser.add_argument("--feature-dim", type=int, default=1024)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=16)
-    parser.add_argument("--p", type=int, default=3)
-    parser.add_argument("--levels", type=int, default=4)
+    parser.add_argument("--feature-dim", type=int, default=1024,
+                        help="input feature size F (default 1024, HuBERT-large)")
+    parser.add_argument("--layers", type=int, default=4, help="Transformer blocks (default 4)")
+    parser.add_argument("--heads", type=int, default=16, help="attention heads (default 16)")
+    parser.add_argument("--p", type=int, default=3,
+                        help="MSTR fractal factor: window and pooling base (default 3)")
+    parser.add_argument("--levels", type=int, default=4, help="MSTR scale levels (default 4)")
     parser.set_defaults(func=run)
 
 

@@ -75,9 +75,11 @@ def predict_files(files, model, meta, device=None, hubert=None):
 
 
 def run(args) -> int:
-    from mstr_kernels.training.checkpoint import load_model
-    model, meta = load_model(args.checkpoint, backend=args.backend)
-    results, failures = predict_files(args.files, model, meta, args.device, args.hubert)
+    from mstr_kernels.commands.checks import check_device, load_checkpoint_arg
+    device = check_device(args.device or "auto")
+    model, meta = load_checkpoint_arg(args.checkpoint, "--checkpoint", device=device,
+                                      backend=args.backend, need_extractor=True)
+    results, failures = predict_files(args.files, model, meta, device, args.hubert)
     if args.json:
         print(json.dumps(results, indent=1))
     elif results:
