@@ -80,8 +80,9 @@ def load_checkpoint_arg(path: str, option: str, *, device="cpu", backend=None,
     check_file(path, option)
     try:
         meta = read_checkpoint_meta(path)
-    except ValueError as e:
-        raise UsageError(f"{option} {path!r}: {e}") from e
+    except ValueError as e:  # "checkpoint 'x' is not ...": the path named once
+        raise UsageError(f"{option} {path!r} " + str(e).replace(f"checkpoint {path!r} ", "")
+                         .replace(f"checkpoint {path!r}: ", "")) from e
     if need_extractor and not (meta.get("extractor") or {}).get("type") == "hubert":
         raise UsageError(f"{option} {path!r} was trained on dataset {meta.get('dataset')!r}, "
                          f"which has no audio feature extractor (extractor="

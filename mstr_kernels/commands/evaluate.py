@@ -2,7 +2,9 @@
 
 
 def register(sub):
-    p = sub.add_parser("evaluate", help="evaluate a checkpoint on a dataset split")
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint on a dataset split",
+                       description=__doc__ + " By default: the checkpoint's own dataset, "
+                       "features folder, options and fold, on its test part.")
     p.add_argument("checkpoint", help="a .safetensors checkpoint written by mstr train")
     p.add_argument("--dataset", default=None, help="default: the checkpoint's dataset")
     p.add_argument("--features-dir", default=None,

@@ -3,7 +3,10 @@
 
 def register(sub):
     parser = sub.add_parser("flops", help="print the paper's Table 2 Params and FLOPs, counted "
-                            "from the models (SPEC section 3 convention)")
+                            "from the models (SPEC section 3 convention)",
+                            description=__doc__ + " FLOPs follow SPEC section 3: multiply-"
+                            "accumulates of QK^T and AV over all frames and layers, plus those "
+                            "of every Linear layer for one frame.")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON record per dataset and model instead of the table")
     parser.add_argument("--feature-dim", type=int, default=1024,

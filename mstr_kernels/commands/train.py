@@ -10,14 +10,17 @@ QUICK_EPOCHS = 6
 
 def register(sub):
     p = sub.add_parser("train", help="train MSTR or the vanilla baseline on a dataset "
-                       "(paper presets; several seeds reported as mean and std)")
+                       "(paper presets; several seeds reported as mean and std)",
+                       description=__doc__)
     p.add_argument("--dataset", default="synthetic",
                    help="dataset name (synthetic, iemocap, meld, cremad, folder; default "
                    "synthetic)")
     p.add_argument("--features-dir", default=None, help="extracted features of a corpus")
     p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
                    help="option of the dataset builder (e.g. num_train=500); repeatable")
-    p.add_argument("--model", choices=("mstr", "vanilla"), default="mstr")
+    p.add_argument("--model", choices=("mstr", "vanilla"), default="mstr",
+                   help="mstr (fractal attention) or vanilla (the full-attention baseline); "
+                   "default mstr")
     p.add_argument("--levels", type=int, default=None, help="MSTR scale levels (paper: 4)")
     p.add_argument("--p", type=int, default=None, help="fractal factor (paper: 3)")
     p.add_argument("--layers", type=int, default=None, help="blocks (paper: 4)")
@@ -66,7 +69,7 @@ def check_arguments(args) -> dict:
     """The flags that can be checked before any data is read; returns the dataset options."""
     from mstr_kernels.commands.checks import UsageError, check_backend, check_device, check_folder
     from mstr_kernels.data import dataset_names
-    from mstr_kernels.data.registry import DATASET_BUILDERS
+    from mstr_kernels.data.registry import DATASET_BUILDERS, dataset_options
     if args.dataset not in DATASET_BUILDERS:
         raise UsageError(f"--dataset {args.dataset!r} is unknown: allowed are "
                          f"{', '.join(dataset_names())}")
@@ -92,9 +95,15 @@ def check_arguments(args) -> dict:
             raise UsageError(f"--fixed-length {args.fixed_length!r}: allowed are a frame count "
                              f">= 1 or 'paper'") from None
     try:
-        return parse_options(args.dataset_option)
+        options = parse_options(args.dataset_option)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    allowed = dataset_options(args.dataset)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown and allowed is not None:
+        raise UsageError(f"--dataset-option {unknown[0]}: dataset {args.dataset!r} has no such "
+                         f"option; allowed are {', '.join(allowed) or 'none'}")
+    return options
 
 
 def parse_options(items):

@@ -35,20 +35,22 @@ def dataset_names() -> List[str]:
     return sorted(DATASET_BUILDERS)
 
 
-def dataset_options(name: str) -> List[str]:
-    """The option names the builder of `name` takes (its keyword parameters)."""
+def dataset_options(name: str) -> Optional[List[str]]:
+    """The option names the builder of `name` takes (its keyword parameters after
+    features_dir); None when it takes any (**options)."""
     params = list(inspect.signature(DATASET_BUILDERS[name]).parameters.values())[1:]
-    return [p.name for p in params if p.kind != p.VAR_KEYWORD]
+    if any(p.kind == p.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params]
 
 
 def build_dataset(name: str, features_dir: Optional[str] = None, **options) -> DatasetBundle:
     if name not in DATASET_BUILDERS:
         raise ValueError(f"dataset={name!r} is unknown: allowed are {dataset_names()}")
     builder = DATASET_BUILDERS[name]
-    params = list(inspect.signature(builder).parameters.values())[1:]  # after features_dir
     allowed = dataset_options(name)
-    unknown = {k: v for k, v in options.items() if k not in allowed}
-    if unknown and not any(p.kind == p.VAR_KEYWORD for p in params):
+    unknown = {k: v for k, v in options.items() if allowed is not None and k not in allowed}
+    if unknown:
         raise ValueError(f"dataset {name!r} has no option(s) {unknown}: allowed are {allowed}")
     bundle = builder(features_dir, **options)
     bundle.options = dict(options)
