@@ -72,9 +72,9 @@ def missing_extra_message(error: ModuleNotFoundError):
         return None
     package, extra = EXTRA_OF_MODULE[top]
     everything = " ".join(pip for pip, e in EXTRA_OF_MODULE.values() if e == extra)
-    return (f"needs {package} (`import {top}` failed), part of the [{extra}] extra: run "
-            f"pip install -e '.[{extra}]' in the mstr-kernels checkout (or pip install "
-            f"{everything})")
+    return (f"needs {package} (`import {top}` failed), part of the [{extra}] extra: "
+            f"pip install {everything} (or pip install --no-build-isolation -e '.[{extra}]' "
+            f"in the mstr-kernels checkout)")
 
 
 def user_error_message(error: BaseException):

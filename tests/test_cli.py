@@ -165,7 +165,8 @@ def test_debug_flag_and_environment_show_the_traceback(monkeypatch, capsys):
 def test_missing_extra_names_the_extra():
     error = ModuleNotFoundError("No module named 'sklearn'", name="sklearn")
     text = missing_extra_message(error)
-    assert "scikit-learn" in text and "[train]" in text and "pip install -e '.[train]'" in text
+    assert "pip install scikit-learn tqdm safetensors" in text and "the [train] extra" in text
+    assert "pip install --no-build-isolation -e '.[train]'" in text
     assert "the [audio] extra" in missing_extra_message(
         ModuleNotFoundError("x", name="transformers.models"))
     assert missing_extra_message(ModuleNotFoundError("x", name="numpy_not_ours")) is None
