@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 
@@ -42,6 +43,17 @@ EXTRA_OF_MODULE = {
 USER_ERRORS = (UsageError, ValueError, FileNotFoundError, NotADirectoryError,
                IsADirectoryError, PermissionError)
 DEBUG_HINT = " (--debug or MSTR_DEBUG=1 shows the traceback)"
+
+
+class _DropNotice(logging.Filter):
+    """torch.utils.cpp_extension warns 'No CUDA runtime is found, using CUDA_HOME=...' whenever
+    inductor compiles for the CPU on a machine with a toolkit but no GPU: nothing to act on."""
+
+    def filter(self, record):
+        return not record.getMessage().startswith("No CUDA runtime is found")
+
+
+_DROP_NOTICE = _DropNotice()
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -94,6 +106,7 @@ def user_error_message(error: BaseException):
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     debug = args.debug or os.environ.get("MSTR_DEBUG", "0").lower() in ("1", "true", "yes", "on")
+    logging.getLogger("torch.utils.cpp_extension").addFilter(_DROP_NOTICE)
     try:
         return int(args.func(args) or 0)
     except (Exception, SystemExit) as e:
