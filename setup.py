@@ -124,9 +124,20 @@ def check_build_torch(build_version, build_folder, target_version, target_folder
                   f"MSTR_KERNELS_ALLOW_TORCH_MISMATCH=1 to build anyway")
 
 
+def in_isolated_build_env(folder) -> bool:
+    """Whether `folder` lies in a build frontend's throw-away environment (pip's
+    pip-build-env-*, pypa/build's build-env-*, uv's builds-v0/), or under the temp directory."""
+    real = os.path.realpath(folder)
+    if any(marker in real for marker in ("pip-build-env-", f"{os.sep}build-env-", "builds-v0")):
+        return True
+    return real.startswith(os.path.realpath(tempfile.gettempdir()) + os.sep)
+
+
 def refuse_or_warn_torch_mismatch(torch):
-    fatal, message = check_build_torch(torch.__version__, os.path.dirname(torch.__file__),
-                                       *target_torch())
+    build_folder = os.path.dirname(torch.__file__)
+    if not in_isolated_build_env(build_folder):  # the torch of this environment (or PYTHONPATH)
+        return
+    fatal, message = check_build_torch(torch.__version__, build_folder, *target_torch())
     if message is None:
         return
     fatal = fatal and not env_flag("MSTR_KERNELS_ALLOW_TORCH_MISMATCH")

@@ -103,6 +103,37 @@ def test_build_refuses_another_torch_than_the_installed_one(tmp_path):
     assert not fatal and "--no-build-isolation" in message and "no torch yet" in message
 
 
+def test_setup_py_refuses_before_compiling(tmp_path):
+    """setup.py run as pip's isolated build runs it: a torch 0.0.1 first on PYTHONPATH, in a
+    pip-build-env-* folder, while this environment has the real torch."""
+    fake = tmp_path / "pip-build-env-test" / "overlay" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("__version__ = '0.0.1+isolated'\n")
+    env = dict(os.environ, PYTHONPATH=str(fake.parent), PYTHONNOUSERSITE="1")
+    env.pop("MSTR_KERNELS_SKIP_EXT", None)
+    env.pop("MSTR_KERNELS_ALLOW_TORCH_MISMATCH", None)
+    result = subprocess.run([sys.executable, str(ROOT / "setup.py"), "--name"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=300)
+    import torch
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "ERROR: mstr-kernels would compile its extension against torch 0.0.1+isolated" \
+        in result.stderr
+    assert f"the torch installed here is {torch.__version__}" in result.stderr
+    assert "-m pip install --no-build-isolation" in result.stderr
+
+
+def test_build_checks_only_torch_from_an_isolated_build_environment(tmp_path):
+    import tempfile
+    setup = _setup_module()
+    for folder in ("/tmp/pip-build-env-abc/overlay/lib/python3.11/site-packages/torch",
+                   "/home/u/.cache/uv/builds-v0/.tmpX/lib/python3.11/site-packages/torch",
+                   os.path.join(tempfile.gettempdir(), "build-env-x", "torch")):
+        assert setup.in_isolated_build_env(folder), folder
+    import torch
+    assert not setup.in_isolated_build_env(os.path.dirname(torch.__file__))
+    assert not setup.in_isolated_build_env("/opt/venv/lib/python3.11/site-packages/torch")
+
+
 def test_build_reads_the_target_torch_version_without_importing_it(tmp_path):
     setup = _setup_module()
     (tmp_path / "version.py").write_text("__version__ = '2.13.0+cpu'\ncuda = None\n")
