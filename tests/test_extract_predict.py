@@ -161,7 +161,7 @@ def test_cli_extract(setup, tmp_path, capsys):
     assert cli.main(argv) == 0
     assert "iemocap: 24 extracted, 0 already done, 5 skipped" in capsys.readouterr().err
     assert cli.main(argv[:4] + [str(tmp_path)] + argv[5:]) == 2
-    assert "is not IEMOCAP_full_release: expected Session1/" in capsys.readouterr().out
+    assert "is not IEMOCAP_full_release: expected Session1/" in capsys.readouterr().err
 
 
 # ---- predict -----------------------------------------------------------------------------------

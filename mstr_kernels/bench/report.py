@@ -109,7 +109,7 @@ def table(rows: List[dict]) -> str:
             f"{_fmt(r['speedup_vs_reference'], '7.2f')} "
             f"{_fmt(r['speedup_vs_compiled_reference'], '7.2f')} "
             f"{_fmt(r.get('speedup_vs_sdpa'), '7.2f')} {_fmt(r.get('speedup_vs_flex'), '7.2f')}  "
-            f"{(r.get('note') or '')[:90]}")
+            f"{r.get('note') or ''}")  # the last column: never cut
     return "\n".join(lines)
 
 
@@ -122,7 +122,7 @@ def model_table(rows: List[dict]) -> str:
         lines.append(f"{r['model']:>20s} {r.get('mode', 'eager'):>26s} {r['B']:>3d} {r['T']:>6d} "
                      f"{r['F']:>5d} {r['dtype']:13s} {_fmt(r['step_ms'], '10.2f')} "
                      f"{_fmt(r.get('busy_ms'), '9.2f')} {_fmt(r['peak_mem_mb'], '9.1f')} "
-                     f"{_fmt(r.get('speedup_vs_reference'), '6.2f')}  {(r.get('note') or '')[:80]}")
+                     f"{_fmt(r.get('speedup_vs_reference'), '6.2f')}  {r.get('note') or ''}")
     return "\n".join(lines)
 
 

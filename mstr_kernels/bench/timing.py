@@ -267,12 +267,16 @@ def cpu_peak_memory_mb(fn) -> Tuple[Optional[float], Optional[str]]:
     any op are `[memory]` events). Temporaries an op allocates and frees inside itself are not
     seen, so this is a lower bound of the true peak."""
     from torch.profiler import ProfilerActivity, profile
+
+    from .quiet import profiler_noise_filtered
     try:
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            fn()
+        with profiler_noise_filtered():
+            with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+                fn()
+            events = prof.events()
     except Exception as e:  # the profiler is optional tooling: say why there is no figure
         return None, f"torch profiler failed: {type(e).__name__}: {e}"
-    records = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events()
+    records = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in events
                      if e.self_cpu_memory_usage)
     if not records:
         return None, "the torch profiler recorded no CPU allocations"

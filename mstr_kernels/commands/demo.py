@@ -3,11 +3,16 @@ backend's error against float64 and its median time."""
 
 
 def register(sub):
-    parser = sub.add_parser("demo", help="run the op on every available backend and compare")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
-    parser.add_argument("--shape", default="4,8,1024,64", help="B,H,T,D (default 4,8,1024,64)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser = sub.add_parser("demo", help="run the op on every available backend and compare",
+                            description=__doc__)
+    parser.add_argument("--device", default=None, choices=["cpu", "cuda"],
+                        help="device of the inputs (default: cuda if visible, else cpu)")
+    parser.add_argument("--shape", default="4,8,1024,64",
+                        help="B,H,T,D of q, k and v (default 4,8,1024,64)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                        help="dtype of q, k and v (default float32)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timed calls per backend after one warm-up (default 5)")
     parser.set_defaults(func=run)
 
 
@@ -19,15 +24,18 @@ def run(args) -> int:
 
     from mstr_kernels.ops import BACKENDS, available_backends, fractal_attention
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from mstr_kernels.commands.checks import UsageError, check_device
+    device = check_device(args.device or "auto").type
     dtype = getattr(torch, args.dtype)
     try:
         B, H, T, D = (int(x) for x in args.shape.split(","))
     except ValueError:
-        raise SystemExit(f"--shape={args.shape!r} must be four integers B,H,T,D "
+        raise UsageError(f"--shape {args.shape!r}: must be four integers B,H,T,D "
                          f"(e.g. 4,8,1024,64)") from None
+    if min(B, H, T, D) < 1:
+        raise UsageError(f"--shape {args.shape!r}: B, H, T and D must be >= 1")
     if args.repeats < 1:
-        raise SystemExit(f"--repeats={args.repeats} must be >= 1")
+        raise UsageError(f"--repeats {args.repeats}: must be >= 1")
     g = torch.Generator().manual_seed(0)
     qkv = torch.randn(B, T, 3, H, D, generator=g, dtype=torch.float64)
     lengths = torch.randint(T // 2, T + 1, (B,), generator=g).to(device)

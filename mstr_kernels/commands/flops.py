@@ -3,14 +3,19 @@
 
 def register(sub):
     parser = sub.add_parser("flops", help="print the paper's Table 2 Params and FLOPs, counted "
-                            "from the models (SPEC section 3 convention)")
+                            "from the models (SPEC section 3 convention)",
+                            description=__doc__ + " FLOPs follow SPEC section 3: multiply-"
+                            "accumulates of QK^T and AV over all frames and layers, plus those "
+                            "of every Linear layer for one frame.")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON record per dataset and model instead of the table")
-    parser.add_argument("--feature-dim", type=int, default=1024)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=16)
-    parser.add_argument("--p", type=int, default=3)
-    parser.add_argument("--levels", type=int, default=4)
+    parser.add_argument("--feature-dim", type=int, default=1024,
+                        help="input feature size F (default 1024, HuBERT-large)")
+    parser.add_argument("--layers", type=int, default=4, help="Transformer blocks (default 4)")
+    parser.add_argument("--heads", type=int, default=16, help="attention heads (default 16)")
+    parser.add_argument("--p", type=int, default=3,
+                        help="MSTR fractal factor: window and pooling base (default 3)")
+    parser.add_argument("--levels", type=int, default=4, help="MSTR scale levels (default 4)")
     parser.set_defaults(func=run)
 
 

@@ -2,7 +2,11 @@
 
 
 def register(sub):
-    parser = sub.add_parser("info", help="show the install: versions, devices and backends")
+    parser = sub.add_parser("info", help="show the install: versions, devices and backends",
+                            description="Print the versions of mstr-kernels, torch, Triton and "
+                                        "CUDA, the GPU, how the C++/CUDA extension was built, and "
+                                        "each backend: available, or why not, and the inputs it "
+                                        "takes. No options.")
     parser.set_defaults(func=run)
 
 
@@ -35,7 +39,8 @@ def run(args) -> int:
         status = "available" if why is None else f"unavailable: {why}"
         print(f"  {name:10s} {status}\n             {b.description}; devices {b.devices}, "
               f"dtypes {', '.join(str(d).replace('torch.', '') for d in b.dtypes)}, "
-              f"head dim <= {b.max_head_dim}, p in {b.p_range}, p**levels <= {b.max_tile}")
+              f"head dim <= {b.max_head_dim}, {b.p_range[0]} <= p <= {b.p_range[1]}, "
+              f"p**levels <= {b.max_tile}")
     if available_backends().get("cpu") is None:
         from mstr_kernels.ops import cpu_output_cache_stats
         stats = cpu_output_cache_stats()

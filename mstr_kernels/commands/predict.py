@@ -89,9 +89,11 @@ def run(args) -> int:
     if args.stream is not None or not args.files:
         from .predict_stream import run_stream
         return run_stream(args)
-    from mstr_kernels.training.checkpoint import load_model
-    model, meta = load_model(args.checkpoint, backend=args.backend)
-    results, failures = predict_files(args.files, model, meta, args.device, args.hubert)
+    from mstr_kernels.commands.checks import check_device, load_checkpoint_arg
+    device = check_device(args.device or "auto")
+    model, meta = load_checkpoint_arg(args.checkpoint, "--checkpoint", device=device,
+                                      backend=args.backend, need_extractor=True)
+    results, failures = predict_files(args.files, model, meta, device, args.hubert)
     if args.json:
         print(json.dumps(results, indent=1))
     elif results:

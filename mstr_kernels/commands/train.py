@@ -12,13 +12,17 @@ QUICK_EPOCHS = 6
 
 def register(sub):
     p = sub.add_parser("train", help="train MSTR or the vanilla baseline on a dataset "
-                       "(paper presets; several seeds reported as mean and std)")
+                       "(paper presets; several seeds reported as mean and std)",
+                       description=__doc__)
     p.add_argument("--dataset", default="synthetic",
-                   help="dataset name (synthetic, iemocap, meld, cremad; default synthetic)")
+                   help="dataset name (synthetic, iemocap, meld, cremad, folder; default "
+                   "synthetic)")
     p.add_argument("--features-dir", default=None, help="extracted features of a corpus")
     p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
                    help="option of the dataset builder (e.g. num_train=500); repeatable")
-    p.add_argument("--model", choices=("mstr", "vanilla"), default="mstr")
+    p.add_argument("--model", choices=("mstr", "vanilla"), default="mstr",
+                   help="mstr (fractal attention) or vanilla (the full-attention baseline); "
+                   "default mstr")
     p.add_argument("--levels", type=int, default=None, help="MSTR scale levels (paper: 4)")
     p.add_argument("--p", type=int, default=None, help="fractal factor (paper: 3)")
     p.add_argument("--layers", type=int, default=None, help="blocks (paper: 4)")
@@ -63,13 +67,58 @@ def register(sub):
     p.add_argument("--checkpoint-every", type=int, default=50,
                    help="optimizer steps between mid-epoch checkpoints (0: only epoch ends)")
     p.add_argument("--log-every", type=int, default=10, help="steps between progress updates")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (the per-epoch validation lines stay; progress bars "
+                   "are off anyway when stderr is not a terminal)")
+    p.add_argument("--quiet", action="store_true",
+                   help="print nothing but errors (results go to results.json)")
     p.add_argument("--quick", action="store_true",
                    help=f"short synthetic demo: a small dataset and {QUICK_EPOCHS} epochs")
     p.add_argument("--compare", action="store_true",
                    help="train MSTR, a single-level MSTR (levels=1) and the vanilla baseline "
                    "on the same data and seeds, and print them side by side")
     p.set_defaults(func=run)
+
+
+def check_arguments(args) -> dict:
+    """The flags that can be checked before any data is read; returns the dataset options."""
+    from mstr_kernels.commands.checks import UsageError, check_backend, check_device, check_folder
+    from mstr_kernels.data import dataset_names
+    from mstr_kernels.data.registry import DATASET_BUILDERS, dataset_options
+    if args.dataset not in DATASET_BUILDERS:
+        raise UsageError(f"--dataset {args.dataset!r} is unknown: allowed are "
+                         f"{', '.join(dataset_names())}")
+    if args.quick and args.dataset != "synthetic":
+        raise UsageError(f"--quick is the short synthetic demo: it takes --dataset synthetic, "
+                         f"not {args.dataset!r}")
+    device = check_device(args.device)
+    if args.model == "mstr":
+        check_backend(args.backend, device)
+    if args.features_dir is not None:
+        check_folder(args.features_dir, "--features-dir")
+    for flag in ("epochs", "batch_size", "levels", "layers", "heads", "p"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} {value}: must be >= 1")
+    if args.lr is not None and not args.lr > 0:
+        raise UsageError(f"--lr {args.lr}: must be > 0")
+    if args.fixed_length not in (None, "paper"):
+        try:
+            if int(args.fixed_length) < 1:
+                raise ValueError
+        except ValueError:
+            raise UsageError(f"--fixed-length {args.fixed_length!r}: allowed are a frame count "
+                             f">= 1 or 'paper'") from None
+    try:
+        options = parse_options(args.dataset_option)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    allowed = dataset_options(args.dataset)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown and allowed is not None:
+        raise UsageError(f"--dataset-option {unknown[0]}: dataset {args.dataset!r} has no such "
+                         f"option; allowed are {', '.join(allowed) or 'none'}")
+    return options
 
 
 def parse_options(items):
@@ -118,7 +167,8 @@ def build_configs(args, bundle):
                         amp=args.amp, compile=args.compile, compile_mode=args.compile_mode,
                         device=args.device,
                         workers=args.workers, log_every=args.log_every,
-                        checkpoint_every=args.checkpoint_every, progress=not args.no_progress,
+                        checkpoint_every=args.checkpoint_every,
+                        progress=not (args.no_progress or args.quiet), quiet=args.quiet,
                         packed=args.packed, batch_frames=args.batch_frames)
     return MSTRConfig(**model_kw), train
 
@@ -128,20 +178,37 @@ def run(args) -> int:
     import json
     import os
 
+    from mstr_kernels.commands.checks import UsageError
     from mstr_kernels.data import build_dataset
     from mstr_kernels.training.distributed import init_distributed, shutdown_distributed
     from mstr_kernels.training.experiment import format_comparison, format_table, run_experiment
     from mstr_kernels.training.seeding import parse_seeds
     from mstr_kernels.training.trainer import resolve_device
-
-    options = parse_options(args.dataset_option)
+    options = check_arguments(args)
     if args.quick:
-        if args.dataset != "synthetic":
-            raise ValueError(f"--quick is the short synthetic demo; dataset={args.dataset!r}")
         options = {**QUICK_DATASET_OPTIONS, **options}
-    seeds = parse_seeds(args.seeds)
-    bundle = build_dataset(args.dataset, args.features_dir, **options)
-    model_config, train_config = build_configs(args, bundle)
+    try:
+        seeds = parse_seeds(args.seeds)
+    except ValueError:
+        raise UsageError(f"--seeds {args.seeds!r}: allowed are a range LOW-HIGH with LOW <= HIGH "
+                         f"(e.g. 0-9), a list (0,3,5) or one seed (7), non-negative, no "
+                         f"repeats") from None
+    try:
+        bundle = build_dataset(args.dataset, args.features_dir, **options)
+    except (ValueError, FileNotFoundError) as e:
+        raise UsageError(f"--dataset {args.dataset}"
+                         + (f" --features-dir {args.features_dir}" if args.features_dir else "")
+                         + f": {e}") from e
+    try:
+        model_config, train_config = build_configs(args, bundle)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    folds = args.folds.split(",") if args.folds else None
+    known_folds = [f.name for f in bundle.folds]
+    for fold in folds or ():
+        if fold not in known_folds:
+            raise UsageError(f"--folds {fold!r} is not a fold of dataset {bundle.name!r}: "
+                             f"allowed are {', '.join(known_folds)}")
     variants = [(args.model, model_config)]
     if args.compare:  # the paper's comparison: MSTR, single-level MSTR, the vanilla baseline
         variants = [("mstr", dataclasses.replace(model_config, attention="fractal")),
@@ -155,14 +222,14 @@ def run(args) -> int:
             name = "vanilla" if model_name == "vanilla" else f"mstr-L{config.levels}"
             out = os.path.join(base, name) if args.compare or args.out is None else base
             results = run_experiment(model_name, config, bundle, train_config, seeds, out,
-                                     folds=args.folds.split(",") if args.folds else None,
-                                     ctx=ctx, resume=args.resume)
+                                     folds=folds, ctx=ctx, resume=args.resume)
             all_results.append(results)
-            if ctx.is_main:
+            if ctx.is_main and not args.quiet:
                 print(format_table(results))
                 print(f"results: {os.path.join(out, 'results.json')}\n")
         if args.compare and ctx.is_main:
-            print(format_comparison(all_results))
+            if not args.quiet:
+                print(format_comparison(all_results))
             with open(os.path.join(base, "comparison.json"), "w") as f:
                 json.dump([{k: r[k] for k in ("model", "config", "params", "summary")}
                            for r in all_results], f, indent=2)

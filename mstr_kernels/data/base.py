@@ -1,4 +1,5 @@
-"""The dataset interface that training consumes and every corpus plugs into.
+"""The dataset interface that training consumes and every corpus plugs into (registered by
+name in `registry.py`).
 
 A corpus is a `DatasetBundle`: class names, feature size, and one or more `Fold`s, each with
 train / valid / test parts. Model selection reads `valid` only, never `test` (SPEC section 3).
@@ -8,10 +9,8 @@ of loading every item.
 """
 from __future__ import annotations
 
-import inspect
-import os
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 from torch.utils.data import Dataset
 
@@ -47,36 +46,3 @@ class DatasetBundle:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
-
-
-# name -> builder(features_dir: Optional[str], **options) -> DatasetBundle
-DATASET_BUILDERS: Dict[str, Callable[..., DatasetBundle]] = {}
-
-
-def register_dataset(name: str):
-    def wrap(builder):
-        DATASET_BUILDERS[name] = builder
-        return builder
-    return wrap
-
-
-def build_dataset(name: str, features_dir: Optional[str] = None, **options) -> DatasetBundle:
-    _import_builtin_datasets()
-    if name not in DATASET_BUILDERS:
-        raise ValueError(f"dataset={name!r} is unknown: allowed are {sorted(DATASET_BUILDERS)}")
-    builder = DATASET_BUILDERS[name]
-    params = list(inspect.signature(builder).parameters.values())[1:]  # after features_dir
-    allowed = [p.name for p in params if p.kind != p.VAR_KEYWORD]
-    unknown = {k: v for k, v in options.items() if k not in allowed}
-    if unknown and not any(p.kind == p.VAR_KEYWORD for p in params):
-        raise ValueError(f"dataset {name!r} has no option(s) {unknown}: allowed are {allowed}")
-    bundle = builder(features_dir, **options)
-    bundle.options = dict(options)
-    bundle.features_dir = os.path.abspath(features_dir) if features_dir else None
-    return bundle
-
-
-def _import_builtin_datasets():
-    """The built-in datasets register themselves on import (here, not at the top: they import
-    this module)."""
-    from . import corpora, synthetic  # noqa: F401

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .base import DatasetBundle, Fold, register_dataset
+from .base import DatasetBundle, Fold
+from .registry import register_dataset
 
 CLASS_NAMES = ["A-slow", "A-shuffled", "B-slow", "B-shuffled"]
 SPLITS = {"train": 0, "valid": 1, "test": 2}

@@ -56,11 +56,13 @@ class _DecodedAudio(Dataset):
 def extract_corpus(corpus: str, root, out, model: str, layer: int, *, device=None,
                    batch_size: int = 8, max_batch_seconds: float = 200.0,
                    max_seconds: Optional[float] = 60.0, num_workers: int = 2,
-                   progress: bool = True, stream=None) -> ExtractSummary:
+                   progress: bool = True, stream=None,
+                   labels: Optional[str] = None) -> ExtractSummary:
     """Extract HuBERT layer `layer` features for every labelled utterance of a corpus folder.
 
     Clips longer than `max_seconds` (MELD has mis-cut test clips of minutes) are cut to it and
-    reported; None keeps every sample.
+    reported; None keeps every sample. labels: the labels CSV of the "folder" corpus (default:
+    its root's labels.csv, if any).
     """
     from safetensors.torch import save_file
     from tqdm import tqdm
@@ -74,7 +76,10 @@ def extract_corpus(corpus: str, root, out, model: str, layer: int, *, device=Non
         raise ValueError(f"batch_size={batch_size} is out of range: must be >= 1")
     if max_seconds is not None and max_seconds <= 0:
         raise ValueError(f"max_seconds={max_seconds} is out of range: must be > 0 (or None)")
-    scan = CORPORA[corpus].scan(root)
+    if labels is not None and corpus != "folder":
+        raise ValueError(f"labels={labels!r}: only the 'folder' corpus takes a labels file; "
+                         f"{corpus} has its own")
+    scan = CORPORA[corpus].scan(root, labels) if labels else CORPORA[corpus].scan(root)
     extractor = HubertFeatureExtractor(model, layer, device)
     settings = dict(extractor.settings, max_seconds=max_seconds)
 
@@ -100,8 +105,9 @@ def extract_corpus(corpus: str, root, out, model: str, layer: int, *, device=Non
     max_samples = None if max_seconds is None else int(max_seconds * TARGET_SAMPLE_RATE)
     loader = DataLoader(_DecodedAudio(todo, max_samples), batch_size=None, shuffle=False,
                         num_workers=num_workers if todo else 0, collate_fn=_as_is)
-    bar = tqdm(total=len(todo), desc=f"extract {corpus}", unit="utt", disable=not progress,
-               file=stream)
+    # disable=None: off when the stream is not a terminal (a log file)
+    bar = tqdm(total=len(todo), desc=f"extract {corpus}", unit="utt",
+               disable=None if progress else True, file=stream)
     # utterances are decoded in order, then run in batches of similar length to waste little
     # compute on padding
     pending = []

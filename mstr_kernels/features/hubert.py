@@ -18,13 +18,64 @@ import torch
 from ..data.audio import TARGET_SAMPLE_RATE
 
 
+class ModelNotAvailable(ValueError):
+    """The HuBERT checkpoint can be neither found locally nor downloaded: says what to give."""
+
+
+LOCAL_HINT = ("give a local folder with a transformers HubertModel checkpoint (config.json and "
+              "the weights; HubertModel.from_pretrained(NAME).save_pretrained(DIR) writes one on a "
+              "machine online)")
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "0").lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def locate_model(model: str):
+    """(name or absolute folder, local_files_only) for `from_pretrained`, or ModelNotAvailable
+    at once: a path that does not exist, a folder that is no checkpoint, a hub name neither in
+    the local cache nor reachable (one quick probe instead of transformers' retries)."""
+    if os.path.exists(model):
+        if not os.path.isdir(model):
+            raise ModelNotAvailable(f"{model!r} is a file, not a checkpoint folder: {LOCAL_HINT}")
+        if not os.path.isfile(os.path.join(model, "config.json")):
+            raise ModelNotAvailable(f"{model!r} has no config.json, so it is no transformers "
+                                    f"checkpoint: {LOCAL_HINT}")
+        return os.path.abspath(model), True
+    parts = model.replace("\\", "/").split("/")
+    if model.startswith((".", "/", "~")) or len(parts) > 2 or not all(parts):
+        raise ModelNotAvailable(f"{model!r}: no such folder (and not a hub name "
+                                f"'namespace/name'): {LOCAL_HINT}")
+    from transformers.utils import cached_file
+    try:  # in the local cache: no network needed
+        if cached_file(model, "config.json", local_files_only=True,
+                       _raise_exceptions_for_missing_entries=False) is not None:
+            return model, True
+    except OSError:
+        pass
+    if _offline():
+        raise ModelNotAvailable(f"{model!r} is not in the local model cache and HF_HUB_OFFLINE "
+                                f"is set: {LOCAL_HINT}")
+    import huggingface_hub
+    try:
+        huggingface_hub.model_info(model, timeout=10)
+    except Exception as e:  # noqa: BLE001  (httpx / requests / hub errors, by version)
+        not_found = type(e).__name__ in ("RepositoryNotFoundError", "GatedRepoError")
+        what = ("is not a model on the hub" if not_found else
+                f"is not in the local model cache and the model hub is unreachable "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+        raise ModelNotAvailable(f"{model!r} {what}: {LOCAL_HINT}") from e
+    return model, False
+
+
 class HubertFeatureExtractor:
     def __init__(self, model: str, layer: int, device: Optional[str] = None):
         from transformers import HubertModel, Wav2Vec2FeatureExtractor
 
-        self.model_name = os.path.abspath(model) if os.path.isdir(model) else model
+        self.model_name, local_only = locate_model(model)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        hubert = HubertModel.from_pretrained(self.model_name)
+        hubert = HubertModel.from_pretrained(self.model_name, local_files_only=local_only)
         n_layers = hubert.config.num_hidden_layers
         if not 1 <= layer <= n_layers:
             raise ValueError(f"layer={layer} is out of range: {self.model_name} has layers "
@@ -39,7 +90,8 @@ class HubertFeatureExtractor:
         # features: those run one utterance at a time.
         self.supports_padding = hubert.config.feat_extract_norm == "layer"
         try:
-            self.processor = Wav2Vec2FeatureExtractor.from_pretrained(self.model_name)
+            self.processor = Wav2Vec2FeatureExtractor.from_pretrained(
+                self.model_name, local_files_only=local_only)
         except OSError:  # checkpoints saved without preprocessor_config.json
             self.processor = Wav2Vec2FeatureExtractor(
                 feature_size=1, sampling_rate=TARGET_SAMPLE_RATE, padding_value=0.0,

@@ -44,6 +44,7 @@ def save_checkpoint(path: str, model: torch.nn.Module, meta: dict,
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=header)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint is a normal file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -54,9 +55,29 @@ def save_checkpoint(path: str, model: torch.nn.Module, meta: dict,
 def load_checkpoint(path: str, map_location="cpu") -> Tuple[Dict[str, torch.Tensor], dict]:
     """-> (all tensors by name, metadata dict)."""
     device = str(map_location) if map_location is not None else "cpu"
-    with safe_open(path, framework="pt", device=device) as f:
-        header = f.metadata() or {}
+    with _open(path, device) as f:
+        meta = _meta(path, f.metadata())
         tensors = {k: f.get_tensor(k) for k in f.keys()}
+    return tensors, meta
+
+
+def read_checkpoint_meta(path: str) -> dict:
+    """The metadata dict alone (reads the header, no tensors)."""
+    with _open(path, "cpu") as f:
+        return _meta(path, f.metadata())
+
+
+def _open(path, device):
+    try:
+        return safe_open(path, framework="pt", device=device)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # safetensors reports a foreign or damaged file as SafetensorError
+        raise ValueError(f"checkpoint {path!r} is not a safetensors file ({e})") from e
+
+
+def _meta(path, header) -> dict:
+    header = header or {}
     if _META_KEY not in header:
         raise ValueError(f"checkpoint {path!r} has no {_META_KEY!r} metadata: not written by "
                          f"mstr-kernels")
@@ -64,7 +85,13 @@ def load_checkpoint(path: str, map_location="cpu") -> Tuple[Dict[str, torch.Tens
     if meta.get("format") != FORMAT or meta.get("version") != VERSION:
         raise ValueError(f"checkpoint {path!r}: format={meta.get('format')!r} "
                          f"version={meta.get('version')!r}, expected {FORMAT!r} {VERSION}")
-    return tensors, meta
+    return meta
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it
+    os.umask(mask)
+    return mask
 
 
 def prefixed(tensors: Dict[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:

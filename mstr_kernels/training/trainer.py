@@ -47,7 +47,8 @@ class TrainConfig:
     workers: Optional[int] = None  # None: 4 on CUDA (loading overlaps compute), 0 on CPU
     log_every: int = 10
     checkpoint_every: int = 0  # optimizer steps between mid-epoch checkpoints (0: epoch ends)
-    progress: bool = True
+    progress: bool = True  # progress bars (only on a terminal)
+    quiet: bool = False  # no output at all (also no per-epoch validation lines)
     # Packed batches (MSTR only): the items' frames concatenated, no padding. batch_frames N:
     # batches of about N frames (PackedBatchSampler); None: the length-bucketed batches of
     # batch_size items, packed (the same batches, so the same metrics, as the padded run).
@@ -212,6 +213,8 @@ def train_run(model_name: str, model_config: MSTRConfig, bundle, fold, config: T
     if resume and os.path.exists(last_path):
         tensors, meta = load_checkpoint(last_path, "cpu")
         if meta.get("finished"):
+            if ctx.is_main and not config.quiet:
+                tqdm.write(f"seed {seed} {fold.name}: finished before, result kept ({last_path})")
             return RunResult(**meta["result"])
         if meta["world_size"] != ctx.world_size:
             raise ValueError(f"checkpoint {last_path!r} was written with world_size="
@@ -225,6 +228,9 @@ def train_run(model_name: str, model_config: MSTRConfig, bundle, fold, config: T
         epoch, start_batch, global_step = pos["epoch"], pos["batch"], pos["global_step"]
         history, best = meta["history"], meta["best"]
         train_seconds, train_samples = meta["train_seconds"], meta["train_samples"]
+        if ctx.is_main and not config.quiet:
+            tqdm.write(f"seed {seed} {fold.name}: resumed from {last_path} at epoch "
+                       f"{epoch + 1}/{config.epochs}, batch {start_batch}, step {global_step}")
 
     net = model
     if ctx.enabled:
@@ -271,7 +277,9 @@ def train_run(model_name: str, model_config: MSTRConfig, bundle, fold, config: T
         model.train()
         bar = tqdm(total=len(global_sizes), initial=start_batch, leave=False, dynamic_ncols=True,
                    desc=f"seed {seed} {fold.name} epoch {epoch + 1}/{config.epochs}",
-                   disable=not (config.progress and ctx.is_main))
+                   # None: tqdm's own choice, off when stderr is not a terminal (a log)
+                   disable=None if config.progress and not config.quiet and ctx.is_main
+                   else True)
         running_loss = torch.zeros((), device=device)
         running_items, running_frames, window_start = 0, 0, time.perf_counter()
         epoch_start = time.perf_counter()
@@ -321,7 +329,7 @@ def train_run(model_name: str, model_config: MSTRConfig, bundle, fold, config: T
             best = {"epoch": epoch, "score": score, "valid": valid}
             if ctx.is_main:
                 save_checkpoint(best_path, model, dict(meta_base, best=best, epoch=epoch))
-        if ctx.is_main and config.progress:
+        if ctx.is_main and not config.quiet:
             tqdm.write(f"seed {seed} {fold.name} epoch {epoch}/{config.epochs}: valid "
                        + " ".join(f"{k} {valid[k]:.2f}" for k in METRICS)
                        + f" loss {valid['loss']:.4f}"

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import re
 
-from ..base import DatasetBundle, Fold, register_dataset
+from ..base import DatasetBundle, Fold
+from ..registry import register_dataset
 from ..presets import PAPER_PRESETS
 from .common import (CorpusLayoutError, FeatureDataset, Problem, ScanResult, Utterance,
                      group_split, list_dir, load_manifest, option_choice, stratified_split)
