@@ -376,12 +376,13 @@ def _extremes(device: str):
 
 
 F32_F64, F32_BF16 = (torch.float32, torch.float64), (torch.float32, torch.bfloat16)
-# (B, H, p, levels, D, T, dtypes). On the CPU the largest only in float64, which the
-# interpreted Triton backend does not declare.
+# (B, H, p, levels, D, T, dtypes). On the CPU the slowest (tile 512, tile 1024 with D=256) only
+# in float64, which the Triton backend (interpreted there, slow) does not declare.
 EXTREMES = {
-    "cpu": [(1, 1, 2, 10, 3, 1029, F32_F64), (2, 1, 8, 3, 1, 515, F32_F64),
-            (2, 1, 3, 3, 256, 31, F32_F64), (2, 1, 5, 2, 17, 31, F32_F64),
-            (1, 1, 3, 4, 64, 85, F32_BF16), (2, 1, 4, 5, 256, 1029, (torch.float64,))],
+    "cpu": [(1, 1, 2, 10, 3, 1029, F32_F64), (2, 1, 8, 3, 1, 515, (torch.float64,)),
+            (2, 1, 8, 2, 1, 67, (torch.float32,)), (2, 1, 3, 3, 256, 31, F32_F64),
+            (2, 1, 5, 2, 17, 31, F32_F64), (1, 1, 3, 4, 64, 85, F32_BF16),
+            (2, 1, 4, 5, 256, 1029, (torch.float64,))],
     "cuda": [(1, 1, 2, 10, 256, 1100, F32_BF16), (1, 2, 3, 6, 200, 800, F32_BF16),
              (2, 3, 2, 5, 256, 81, F32_BF16), (2, 3, 8, 2, 128, 161, F32_BF16),
              (2, 3, 5, 3, 96, 313, F32_BF16), (2, 3, 3, 4, 64, 203, F32_BF16)],
@@ -399,13 +400,11 @@ def input_pool(device: str):
 # (dtype, magnitude, scale, positive). Positive inputs with a negative scale put every score
 # of a window below -1e30 (a window whose scores are all very negative still gets its softmax).
 SWEEP = [
-    (torch.float32, 1e-4, None, False), (torch.float32, 1e2, None, False),
-    (torch.float32, 1e4, None, False), (torch.float32, 1e8, None, False),
-    (torch.float32, 1e15, None, False), (torch.float32, 1.0, 0.0, False),
-    (torch.float32, 1e4, 0.0, False), (torch.float32, 1.0, -0.5, False),
-    (torch.float32, 1e15, -0.5, True), (torch.float32, 1.0, -1e31, True),
-    (torch.float32, 1.0, 1e3, False), (torch.bfloat16, 1e15, None, False),
-    (torch.bfloat16, 1e-4, None, False), (torch.float16, 0.1, None, False),
+    (torch.float32, 1e-4, None, False), (torch.float32, 1e4, None, False),
+    (torch.float32, 1e8, None, False), (torch.float32, 1e15, None, False),
+    (torch.float32, 1.0, 0.0, False), (torch.float32, 1e15, -0.5, True),
+    (torch.float32, 1.0, -1e31, True), (torch.float32, 1.0, 1e3, False),
+    (torch.bfloat16, 1e15, None, False), (torch.bfloat16, 1e-4, 0.0, False),
     (torch.float16, 10.0, -0.5, True),
 ]
 

@@ -7,11 +7,12 @@ cannot run on this machine has its cases generated and skipped with the reason i
 """
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import mstr_kernels
 from mstr_kernels.ops.backends import select_backend
 from parity import (Inputs, accept, cases, check_case, check_results, float64_truth,
-                    registry, rel_err, run_op, single_cases, sweep_inputs)
+                    registry, rel_err, run_inputs, run_op, single_cases, sweep_inputs)
 
 
 def params(rows, id_of):
@@ -94,17 +95,48 @@ def test_torch_compile_fullgraph_inductor(backend, device, dtype):
             assert torch.equal(a, b), f"compiled {name} differs from eager"
 
 
+class RecordOps(TorchDispatchMode):
+    """Records the calls of registered mstr_kernels ops (below autograd: forward and backward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func.namespace == "mstr_kernels":
+            self.calls.append((func, args, kwargs))
+        return func(*args, **kwargs)
+
+
 @pytest.mark.parametrize("backend,device,dtype", SINGLE)
 def test_opcheck(backend, device, dtype):
-    """torch.library.opcheck of the registered op (schema, fake tensors, autograd registration,
-    AOT dispatch) with the backend `auto` resolves to, with and without lengths."""
+    """torch.library.opcheck (schema, fake tensors, autograd registration, AOT dispatch) of every
+    registered op a call with this backend runs, forward and backward, with the arguments it
+    ran them with."""
     inputs = small_inputs(device, dtype, seed=4)
-    q, k, v, _, lengths = inputs.make()
-    name = select_backend(backend, q, inputs.p, inputs.levels).name
+    q, k, v, dout, lengths = inputs.make()
+    forward, backward = RecordOps(), RecordOps()
     leaves = [x.detach().requires_grad_() for x in (q, k, v)]
-    for lens in (None, lengths.to(torch.int32)):
-        torch.library.opcheck(torch.ops.mstr_kernels.fractal_attention_fwd.default,
-                              (*leaves, lens, inputs.p, inputs.levels, 0.5, name))
+    with forward:
+        out = mstr_kernels.fractal_attention(*leaves, p=inputs.p, levels=inputs.levels,
+                                             lengths=lengths, backend=backend)
+    with backward:
+        torch.autograd.grad(out, leaves, dout)
+    if not forward.calls and not select_backend(backend, q, inputs.p, inputs.levels).fused:
+        pytest.skip(f"backend={backend!r} runs plain PyTorch ops: no registered op to check")
+    assert forward.calls, f"backend={backend!r} is fused but ran no registered op"
+    seen = set()
+    # Forward ops are checked with inputs that require grad (their autograd registration);
+    # the backward ops are not differentiable again.
+    for recorder, grad in ((forward, True), (backward, False)):
+        for func, args, kwargs in recorder.calls:
+            if func in seen:
+                continue
+            seen.add(func)
+            args = [a.detach().requires_grad_(grad and a.is_floating_point())
+                    if isinstance(a, torch.Tensor) else a for a in args]
+            torch.library.opcheck(func, args, kwargs)
 
 
 @pytest.mark.parametrize("backend,device,dtype", params(
@@ -112,14 +144,14 @@ def test_opcheck(backend, device, dtype):
 def test_backward_bit_identical_across_runs_and_thread_counts(backend, device, dtype):
     """Two runs give bit-identical outputs and gradients (no atomics), and so do 1 and 2 host
     threads."""
-    inputs = Inputs(device, dtype, 3, 2, 50, 24, 3, 3, (50, 31, 7), "projection", seed=3)
+    inputs = Inputs(device, dtype, 3, 1, 40, 16, 3, 3, (40, 31, 7), "projection", seed=3)
     q, k, v, dout, lengths = inputs.make()
     previous = torch.get_num_threads()
     results = []
     try:
         for threads in (1, 2, 2):
             torch.set_num_threads(threads)
-            results.append(run_op(backend, q, k, v, dout, lengths, 3, 3, None))
+            results.append(run_inputs(backend, inputs))
     finally:
         torch.set_num_threads(previous)
     for other, what in ((results[1], "1 and 2 threads"), (results[2], "two runs")):
@@ -133,7 +165,7 @@ def test_nan_poisoned_memory_does_not_leak(backend, device, dtype):
     """q, k, v are views into a NaN-filled buffer, padding frames and dout's padding hold NaN,
     and on a GPU the allocator's free memory is NaN: outputs and gradients are finite, exactly
     0 on padding, and bit-identical to the same views of a zero-filled buffer."""
-    B, H, T, D, p, levels = 3, 2, 29, 6, 3, 2
+    B, H, T, D, p, levels = 3, 1, 29, 6, 3, 2
     lengths = (29, 0, 13)
     inputs = Inputs(device, dtype, B, H, T, D, p, levels, lengths, "contiguous", seed=5)
     q, k, v, dout, lens = inputs.make()
@@ -166,21 +198,22 @@ def test_nan_poisoned_memory_does_not_leak(backend, device, dtype):
 
 @pytest.mark.parametrize("backend,device,dtype", SINGLE)
 def test_gradients_for_any_dout_strides(backend, device, dtype):
-    """dout of stride 0 (the backward of `.sum()`) and a non-contiguous dout give the gradients
-    of a contiguous copy, within the rule against float64."""
+    """dout of stride 0 (the backward of `.sum()`) gives the gradients of a contiguous copy, bit
+    for bit; a dout laid out as (B, T, H, D) passes the rule against float64."""
     inputs = small_inputs(device, dtype, layout="strided", seed=8)
     q, k, v, dout, lengths = inputs.make()
-    ref_inputs = inputs
-    exact, well = float64_truth(ref_inputs)
-    douts = {"stride 0": torch.ones(1, 1, 1, 1, dtype=dtype, device=device).expand_as(dout),
-             "transposed": dout.transpose(1, 2).contiguous().transpose(1, 2)}
-    for what, d in douts.items():
-        got = run_op(backend, q, k, v, d, lengths, inputs.p, inputs.levels, None)
-        want = run_op(backend, q, k, v, d.contiguous(), lengths, inputs.p, inputs.levels, None)
-        for name, a, b in zip(("out", "dq", "dk", "dv"), got, want):
-            assert torch.equal(a, b), f"{name} for a dout of {what} differs from a contiguous one"
-    check_results(f"backend={backend!r}", got, run_op("reference", q, k, v, douts["transposed"],
-                  lengths, inputs.p, inputs.levels, None), exact, inputs, well)
+    exact, well = float64_truth(inputs)
+    ones = torch.ones(1, 1, 1, 1, dtype=dtype, device=device)
+    stride0 = run_op(backend, q, k, v, ones.expand_as(dout), lengths, inputs.p, inputs.levels, None)
+    dense = run_op(backend, q, k, v, ones.expand_as(dout).contiguous(), lengths, inputs.p,
+                   inputs.levels, None)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), stride0, dense):
+        assert torch.equal(a, b), f"{name} for a dout of stride 0 differs from a contiguous one"
+    transposed = dout.transpose(1, 2).contiguous().transpose(1, 2)  # as a (B, T, H*D) view gives
+    got = run_op(backend, q, k, v, transposed, lengths, inputs.p, inputs.levels, None)
+    ref = run_op("reference", q, k, v, dout, lengths, inputs.p, inputs.levels, None)
+    check_results(f"backend={backend!r}, dout laid out as (B, T, H, D)", got, ref, exact, inputs,
+                  well)
 
 
 @pytest.mark.parametrize("backend,device,dtype", FLOAT64)
