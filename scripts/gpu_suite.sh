@@ -59,14 +59,16 @@ parity_limit=${GPU_SUITE_PARITY_S:-$([[ $STEPS == *" bench "* ]] && echo $(( lef
 if [[ $STEPS != *" parity "* ]]; then
   echo "(parity step not selected)"
 elif $PY -c "import pytest" 2>/dev/null; then
-  # The op-level files: every backend against the float64 loop on CUDA, the op API, the module
+  # The op-level files: the parity suite (every backend and auto against the float64 loop, on
+  # CUDA and the CPU), the backend-specific tests, the op API, the module
   # and the model. (Data and training tests need soundfile/PyAV, which GPU images may lack; CI
   # runs them.) No -x: one failure must not hide the others.
   # With pytest-xdist, 4 workers share the Triton compiles (tests that need most of the GPU
   # memory take a lock: the whole_gpu fixture); --durations tells where the time goes.
   parallel=$($PY -c "import xdist" 2>/dev/null && echo "-n 4 --dist load")
   step "parity suite on CUDA (pytest)" "$parity_limit" $PY -m pytest -q -p no:cacheprovider \
-    --maxfail=25 --durations=20 $parallel tests/test_cuda_backend.py tests/test_triton_backend.py tests/test_reference.py \
+    --maxfail=25 --durations=20 $parallel tests/test_parity.py tests/test_parity_registry.py \
+    tests/test_cuda_backend.py tests/test_triton_backend.py tests/test_reference.py \
     tests/test_op_api.py tests/test_errors.py tests/test_module.py tests/test_model.py \
     tests/test_cuda_build.py
 else
