@@ -175,9 +175,9 @@ inline void prefetch_rows(const StridedRows<const scalar_t>& x, const Task& next
 // Prefetches the next task's rows of q, k, v into L2 while the forward computes, line by line,
 // tensor by tensor, a few lines per tick() over `events` ticks spread through the task: the rows
 // the next task reads first go first, and no tick issues a burst that fills the core's miss
-// buffers (per-window bursts of whole frames were 10-20% slower, benchmarks/NOTES.md). The
+// buffers (per-window bursts of whole frames measured slower: benchmarks/NOTES.md). The
 // cursor steps by pointer: per-line index arithmetic had cost as much as the prefetches. (The
-// backward, four times longer per task, measured 10% slower with it than with prefetch_rows.)
+// backward, four times longer per task, measured slower with it than with prefetch_rows: NOTES.)
 template <typename scalar_t>
 struct NextTaskPrefetch {
   static constexpr int64_t kLine = 64, kMaxTensors = 3;

@@ -2,8 +2,8 @@
 //
 // Why: glibc serves allocations above its mmap threshold (at most 32 MiB) with fresh mmaps
 // and returns them to the OS on free, so every call that returns a large new tensor first pays
-// one page fault and one zeroing per 4 KiB page it writes: 8 ms of a 17 ms forward at B=8,
-// H=16, T=1024, D=64 float32 on a 2-core machine (benchmarks/NOTES.md). A training loop asks
+// one page fault and one zeroing per 4 KiB page it writes: about half of the forward's time at
+// B=8, H=16, T=1024, D=64 float32 on a 2-core machine (figures: benchmarks/NOTES.md). A training loop asks
 // for the same output sizes every step; keeping the freed buffers (as torch's CUDA caching
 // allocator does on the GPU) lets the kernels write into warm pages.
 //
