@@ -126,11 +126,10 @@ def check_build_torch(build_version, build_folder, target_version, target_folder
 
 def in_isolated_build_env(folder) -> bool:
     """Whether `folder` lies in a build frontend's throw-away environment (pip's
-    pip-build-env-*, pypa/build's build-env-*, uv's builds-v0/), or under the temp directory."""
+    pip-build-env-*, pypa/build's build-env-*, uv's builds-v0/). A plain venv under the temp
+    directory (a CI checkout) is not one."""
     real = os.path.realpath(folder)
-    if any(marker in real for marker in ("pip-build-env-", f"{os.sep}build-env-", "builds-v0")):
-        return True
-    return real.startswith(os.path.realpath(tempfile.gettempdir()) + os.sep)
+    return any(marker in real for marker in ("pip-build-env-", f"{os.sep}build-env-", "builds-v0"))
 
 
 def refuse_or_warn_torch_mismatch(torch):

@@ -386,6 +386,7 @@ def triton_rows(configs):
         16 and pointers carry divisibility 16."""
         constexprs = {k: v for k, v in _meta(cfg, kind, p, levels, True).items()
                       if k not in ("num_warps", "maxnreg")}
+        constexprs.setdefault("VARLEN", False)  # the padded op's kernels (varlen reuses them)
         values = launch_values(kernel, D)
         sig, attrs = {}, {}
         for i, name in enumerate(kernel.arg_names):

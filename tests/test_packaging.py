@@ -132,6 +132,9 @@ def test_build_checks_only_torch_from_an_isolated_build_environment(tmp_path):
     import torch
     assert not setup.in_isolated_build_env(os.path.dirname(torch.__file__))
     assert not setup.in_isolated_build_env("/opt/venv/lib/python3.11/site-packages/torch")
+    # a checkout cloned under the temp directory (as CI clones) keeps its own venv's torch
+    assert not setup.in_isolated_build_env(
+        os.path.join(tempfile.gettempdir(), "clone", ".venv", "lib", "site-packages", "torch"))
 
 
 def test_build_reads_the_target_torch_version_without_importing_it(tmp_path):

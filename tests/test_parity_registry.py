@@ -23,7 +23,7 @@ def register(monkeypatch):
         module = types.SimpleNamespace(fractal_attention_fwd=fwd, fractal_attention_bwd=bwd)
         backend = dataclasses.replace(base, name=name, description=f"test backend {name}",
                                       devices=("cpu",), dtypes=dtypes or base.dtypes, fused=True,
-                                      loader=lambda: module)
+                                      call=backends.CUSTOM_OP, loader=lambda: module)
         monkeypatch.setitem(backends.BACKENDS, name, backend)
         monkeypatch.setattr(backends, "BACKEND_ORDER", tuple(backends.BACKEND_ORDER) + (name,))
         return backend

@@ -457,8 +457,9 @@ def test_cli_train_packed_with_a_frame_budget(tmp_path, capsys):
                  "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["UA"] == pytest.approx(results["runs"][0]["test"]["UA"])
-    with pytest.raises(ValueError, match="packed batches need fractal attention"):
-        main(args[:-2] + ["--model", "vanilla", "--out", str(tmp_path / "v")])
+    # a user error: one line naming it, exit code 2
+    assert main(args[:-2] + ["--model", "vanilla", "--out", str(tmp_path / "v")]) == 2
+    assert "packed batches need fractal attention" in capsys.readouterr().err
 
 
 def test_packed_vs_padded_benchmark_runs(tmp_path):
