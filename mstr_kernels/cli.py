@@ -40,7 +40,7 @@ EXTRA_OF_MODULE = {
     "matplotlib": ("matplotlib", "plots"),
 }
 # Exceptions that the library raises for bad values or paths, with a message naming them.
-USER_ERRORS = (UsageError, ValueError, FileNotFoundError, NotADirectoryError,
+USER_ERRORS = (UsageError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
                IsADirectoryError, PermissionError)
 DEBUG_HINT = " (--debug or MSTR_DEBUG=1 shows the traceback)"
 

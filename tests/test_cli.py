@@ -124,6 +124,11 @@ def _error_cases(tmp_path):
         (["extract", "--corpus", "cremad", "--root", str(tmp_path), "--out", str(tmp_path / "o"),
           "--labels", "x.csv"], ["--labels is for --corpus folder only"]),
         (["demo", "--shape", "1,2,3"], ["--shape '1,2,3'", "B,H,T,D"]),
+        (["train", "--quick", "--levels", "20"], ["--levels: levels=20", "1 <= levels <= 6"]),
+        (["train", "--quick", "--p", "1"], ["--p: p=1", "2 <= p <= 8"]),
+        (["train", "--quick", "--epochs", "0"], ["--epochs 0: must be >= 1"]),
+        (["flops", "--p", "9"], ["--p: p=9", "2 <= p <= 8"]),
+        (["flops", "--heads", "3"], ["--feature-dim 1024 must be a multiple of --heads 3"]),
     ]
 
 

@@ -53,6 +53,17 @@ def check_backend(name: str, device, option: str = "--backend") -> str:
     return name
 
 
+def check_op_params(p: int, levels: int, p_option: str = "--p",
+                    levels_option: str = "--levels") -> None:
+    """The op's range for p and levels (ops/validation.py), with the options named."""
+    from mstr_kernels.ops.validation import check_params
+    try:
+        check_params(p, levels)
+    except ValueError as e:  # "p=... is out of range" or "levels=... is out of range"
+        option = levels_option if str(e).startswith("levels") else p_option
+        raise UsageError(f"{option}: {e}") from None
+
+
 def check_file(path: str, option: str) -> str:
     if not os.path.exists(path):
         raise UsageError(f"{option} {path!r}: no such file")

@@ -22,7 +22,16 @@ def register(sub):
 def run(args) -> int:
     import json
 
+    from mstr_kernels.commands.checks import UsageError, check_op_params
     from mstr_kernels.models import table2
+
+    check_op_params(args.p, args.levels)
+    for flag in ("feature_dim", "layers", "heads"):
+        if getattr(args, flag) < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be >= 1")
+    if args.feature_dim % args.heads:
+        raise UsageError(f"--feature-dim {args.feature_dim} must be a multiple of --heads "
+                         f"{args.heads}")
 
     records = table2(feature_dim=args.feature_dim, num_layers=args.layers,
                      num_heads=args.heads, p=args.p, levels=args.levels)

@@ -82,7 +82,8 @@ def register(sub):
 
 def check_arguments(args) -> dict:
     """The flags that can be checked before any data is read; returns the dataset options."""
-    from mstr_kernels.commands.checks import UsageError, check_backend, check_device, check_folder
+    from mstr_kernels.commands.checks import (UsageError, check_backend, check_device,
+                                              check_folder, check_op_params)
     from mstr_kernels.data import dataset_names
     from mstr_kernels.data.registry import DATASET_BUILDERS, dataset_options
     if args.dataset not in DATASET_BUILDERS:
@@ -94,6 +95,10 @@ def check_arguments(args) -> dict:
     device = check_device(args.device)
     if args.model == "mstr":
         check_backend(args.backend, device)
+        from mstr_kernels.models import MSTRConfig
+        defaults = MSTRConfig.__dataclass_fields__
+        check_op_params(args.p if args.p is not None else defaults["p"].default,
+                        args.levels if args.levels is not None else defaults["levels"].default)
     if args.features_dir is not None:
         check_folder(args.features_dir, "--features-dir")
     for flag in ("epochs", "batch_size", "levels", "layers", "heads", "p"):
