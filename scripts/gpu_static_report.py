@@ -171,6 +171,18 @@ def parse_sass(text):
     return functions
 
 
+def cubin_instruction_count(cubin: bytes):
+    """Instructions in a cubin's SASS (all functions): a static size, for comparing two
+    versions of a kernel whose loops have run-time trip counts; None without cuobjdump."""
+    cuobjdump = find_cuobjdump()
+    if cuobjdump is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k.cubin")
+        Path(path).write_bytes(cubin)
+        return sum(len(f) for f in parse_sass(run_cuobjdump(cuobjdump, ["-sass"], path)).values())
+
+
 def parse_resources(text):
     """{mangled name: {REG, STACK, SHARED, LOCAL}} from cuobjdump -res-usage."""
     out, current = {}, None
@@ -444,7 +456,9 @@ def triton_rows(configs):
             rows.append(row("triton", kind, dtype, p, levels, D, regs, st, stack,
                             compiled.metadata.shared, cfg.num_warps * 32, None,
                             maxnreg=options.get("maxnreg"),
-                            note="run-time loop trip counts: no static count"))
+                            sass_instructions=cubin_instruction_count(compiled.asm["cubin"]),
+                            note="run-time loop trip counts: no per-element count; "
+                                 "sass_instructions is the kernel's static size"))
     return rows
 
 

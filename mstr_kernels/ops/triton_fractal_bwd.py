@@ -15,8 +15,8 @@ top-down: A_l[j] = share_l[j] + A_{l+1}[j // p]; level 1 adds A_2 and writes dq,
 import triton
 import triton.language as tl
 
-from .triton_fractal_common import (_attend_rows, _gelu_grad, _load_rows, _pool_rows,
-                                    _row_counts, _store_rows, _tile_coords)
+from .triton_fractal_common import (_attend_rows, _gelu_grad, _half_precision, _load_rows,
+                                    _pool_rows, _row_counts, _store_rows, _tile_coords)
 
 BWD_REGIONS = tl.constexpr(7)  # pooled q, k, v, dout sums; top-down sums of dq, dk, dv
 
@@ -25,7 +25,8 @@ BWD_REGIONS = tl.constexpr(7)  # pooled q, k, v, dout sums; top-down sums of dq,
 def _query_pass(q_src, q_rs, q_cs, k_src, k_rs, k_cs, v_src, v_rs, v_cs, g_src, g_rs, g_cs,
                 dst, dst_rs, dst_cs, parent, n_parent, scr_dy, scr_stats, n_rows, n_t, S, D,
                 scale, POOLED: tl.constexpr, TILE: tl.constexpr, DS: tl.constexpr,
-                P_WIN: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
+                P_WIN: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr,
+                GELU_TANH: tl.constexpr):
     """dq of rows [0, n_rows) of one level (as frame shares, plus the parent's), stored at dst
     (0 on rows without valid frames); dY and the softmax statistics go to scratch."""
     for r0 in range(0, n_rows, BR):
@@ -40,7 +41,7 @@ def _query_pass(q_src, q_rs, q_cs, k_src, k_rs, k_cs, v_src, v_rs, v_cs, g_src, 
         y, m, l = _attend_rows(q, k_src, k_rs, k_cs, v_src, v_rs, v_cs, rows, n_t, S, scale, D,
                                POOLED, P_WIN, BR, BD)
         inv_l = 1.0 / tl.where(l > 0, l, 1.0)
-        dy = g * _gelu_grad(y)  # 0 on rows without valid frames (g is)
+        dy = g * _gelu_grad(y, GELU_TANH)  # 0 on rows without valid frames (g is)
         delta = tl.sum(dy * y, axis=1)  # sum_i P_i dP_i = <dY, Y>
         first = (rows // P_WIN) * P_WIN
         dq = tl.zeros([BR, BD], tl.float32)
@@ -129,6 +130,7 @@ def fractal_bwd_kernel(
         PROGRAM_STRIDE: tl.constexpr, BR: tl.constexpr, BR_LEVEL: tl.constexpr,
         BR_POOL: tl.constexpr, BD: tl.constexpr,
         VARLEN: tl.constexpr = False):
+    GELU_TANH: tl.constexpr = _half_precision(q_ptr)
     pid = tl.program_id(0)
     region = N_ROWS * DS
     scr_q = scratch_ptr + pid.to(tl.int64) * PROGRAM_STRIDE
@@ -180,7 +182,7 @@ def fractal_bwd_kernel(
                 _query_pass(scr_q + RB * DS, DS, 1, scr_k + RB * DS, DS, 1, scr_v + RB * DS, DS, 1,
                             scr_g + RB * DS, DS, 1, scr_aq + RB * DS, DS, 1, scr_aq + RB_UP * DS,
                             n_parent, scr_dy, scr_stats, n_rows, n_t, S, D, scale, True, TILE,
-                            DS, P_WIN, BR_LEVEL, BD)
+                            DS, P_WIN, BR_LEVEL, BD, GELU_TANH)
                 tl.debug_barrier()
                 _key_pass(scr_q + RB * DS, DS, 1, scr_k + RB * DS, DS, 1, scr_v + RB * DS, DS, 1,
                           scr_ak + RB * DS, scr_av + RB * DS, DS, 1, scr_ak + RB_UP * DS,
@@ -195,7 +197,7 @@ def fractal_bwd_kernel(
         o_off = b * sob + h * soh + t0.to(tl.int64) * sot
         _query_pass(q_base, sqt, sqd, k_base, skt, skd, v_base, svt, svd, g_base, sgt, sgd,
                     dq_ptr + o_off, sot, sod, scr_aq, n_parent, scr_dy, scr_stats, n_frames,
-                    n_t, 1, D, scale, False, TILE, DS, P_WIN, BR, BD)
+                    n_t, 1, D, scale, False, TILE, DS, P_WIN, BR, BD, GELU_TANH)
         tl.debug_barrier()
         _key_pass(q_base, sqt, sqd, k_base, skt, skd, v_base, svt, svd, dk_ptr + o_off,
                   dv_ptr + o_off, sot, sod, scr_ak, scr_av, n_parent, scr_dy, scr_stats,

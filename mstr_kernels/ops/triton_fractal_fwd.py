@@ -13,8 +13,8 @@ Work is in row layout: chunks of BR consecutive rows of a level, window partners
 import triton
 import triton.language as tl
 
-from .triton_fractal_common import (_attend_rows, _gelu, _load_rows, _pool_rows, _row_counts,
-                                    _store_rows, _tile_coords)
+from .triton_fractal_common import (_attend_rows, _gelu, _half_precision, _load_rows, _pool_rows,
+                                    _row_counts, _store_rows, _tile_coords)
 
 FWD_REGIONS = tl.constexpr(4)  # scratch regions: pooled q, k, v sums and the top-down sum Z
 # (LEVEL1_FIRST adds one region of p**levels rows: GELU(Y_1) of every frame)
@@ -22,7 +22,8 @@ FWD_REGIONS = tl.constexpr(4)  # scratch regions: pooled q, k, v sums and the to
 
 @triton.jit
 def _fwd_level(scr_q, scr_k, scr_v, scr_z, n_t, D, scale, S, RB, RB_UP, n_parent,
-               DS: tl.constexpr, P_WIN: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
+               DS: tl.constexpr, P_WIN: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr,
+               GELU_TANH: tl.constexpr):
     """Attention of a pooled level (pooling size S, first scratch row RB) storing
     Z = GELU(Y) + Z[parent] (parent rows from RB_UP; none where n_parent is 0)."""
     for r0 in range(0, tl.cdiv(n_t, S), BR):
@@ -34,7 +35,7 @@ def _fwd_level(scr_q, scr_k, scr_v, scr_z, n_t, D, scale, S, RB, RB_UP, n_parent
         y, m, l = _attend_rows(q, scr_k + RB * DS, DS, 1, scr_v + RB * DS, DS, 1, rows, n_t, S,
                                scale, D, True, P_WIN, BR, BD)
         parent = rows // P_WIN
-        z = _gelu(y) + _load_rows(scr_z + RB_UP * DS, parent, DS, 1,
+        z = _gelu(y, GELU_TANH) + _load_rows(scr_z + RB_UP * DS, parent, DS, 1,
                                   parent * (S * P_WIN) < n_parent, D, BD)
         _store_rows(scr_z + RB * DS, rows, DS, 1, z, ok, D, BD)
 
@@ -42,7 +43,7 @@ def _fwd_level(scr_q, scr_k, scr_v, scr_z, n_t, D, scale, S, RB, RB_UP, n_parent
 @triton.jit
 def _pool_and_level1(q_base, sqt, sqd, k_base, skt, skd, v_base, svt, svd, scr_q, scr_k, scr_v,
                      scr_g, n_t, D, scale, DS: tl.constexpr, P_WIN: tl.constexpr,
-                     BR: tl.constexpr, BD: tl.constexpr):
+                     BR: tl.constexpr, BD: tl.constexpr, GELU_TANH: tl.constexpr):
     """Level 2's sums of BR rows (frames r*p .. r*p + p - 1), then level 1's attention on those
     BR * p frames (p chunks of BR rows; every window lies inside, so its gathers hit the rows
     just loaded), GELU(Y_1) stored in scratch rows of frames below n_t."""
@@ -67,7 +68,7 @@ def _pool_and_level1(q_base, sqt, sqd, k_base, skt, skd, v_base, svt, svd, scr_q
             q = _load_rows(q_base, rows, sqt, sqd, ok, D, BD)
             y, m, l = _attend_rows(q, k_base, skt, skd, v_base, svt, svd, rows, n_t, 1, scale,
                                    D, False, P_WIN, BR, BD)
-            _store_rows(scr_g, rows, DS, 1, _gelu(y), ok, D, BD)
+            _store_rows(scr_g, rows, DS, 1, _gelu(y, GELU_TANH), ok, D, BD)
 
 
 @triton.jit
@@ -80,6 +81,7 @@ def fractal_fwd_kernel(
         PROGRAM_STRIDE: tl.constexpr, BR: tl.constexpr, BR_LEVEL: tl.constexpr,
         BR_POOL: tl.constexpr, BD: tl.constexpr, LEVEL1_FIRST: tl.constexpr,
         VARLEN: tl.constexpr = False):
+    GELU_TANH: tl.constexpr = _half_precision(q_ptr)
     pid = tl.program_id(0)
     region = N_ROWS * DS
     scr_q = scratch_ptr + pid.to(tl.int64) * PROGRAM_STRIDE
@@ -99,7 +101,7 @@ def fractal_fwd_kernel(
             # (A) bottom-up pooling: raw frames -> level 2 sums -> ... -> level L sums.
             if LEVEL1_FIRST:
                 _pool_and_level1(q_base, sqt, sqd, k_base, skt, skd, v_base, svt, svd, scr_q,
-                                 scr_k, scr_v, scr_g, n_t, D, scale, DS, P_WIN, BR, BD)
+                                 scr_k, scr_v, scr_g, n_t, D, scale, DS, P_WIN, BR, BD, GELU_TANH)
             else:
                 _pool_rows(q_base, sqt, sqd, scr_q, DS, n_t, 1, D, P_WIN, BR_POOL, BD)
                 _pool_rows(k_base, skt, skd, scr_k, DS, n_t, 1, D, P_WIN, BR_POOL, BD)
@@ -124,7 +126,7 @@ def fractal_fwd_kernel(
             for step in range(LEVELS - 1):
                 n_parent = tl.where(step > 0, n_t, 0)  # the top level has no parent
                 _fwd_level(scr_q, scr_k, scr_v, scr_z, n_t, D, scale, S, RB, RB + TILE // S,
-                           n_parent, DS, P_WIN, BR_LEVEL, BD)
+                           n_parent, DS, P_WIN, BR_LEVEL, BD, GELU_TANH)
                 tl.debug_barrier()
                 S = S // P_WIN
                 RB -= TILE // S
@@ -141,7 +143,7 @@ def fractal_fwd_kernel(
                 q = _load_rows(q_base, rows, sqt, sqd, ok, D, BD)
                 y, m, l = _attend_rows(q, k_base, skt, skd, v_base, svt, svd, rows, n_t, 1,
                                        scale, D, False, P_WIN, BR, BD)
-                z = _gelu(y)
+                z = _gelu(y, GELU_TANH)
             if LEVELS > 1:
                 parent = rows // P_WIN
                 z += _load_rows(scr_z, parent, DS, 1, ok, D, BD)
