@@ -11,6 +11,10 @@
 #      every GPU backend (scripts/gpu_parity.py);
 #   4. the op benchmark (mstr_kernels.bench) at B=32 H=16 D=64 bf16 p=3 levels=4 and
 #      T = 4096, 150, 224, 326, 1024: cuda, triton and SDPA (flash) with the same inputs;
+#   4b. issue 15's training figures (step `training`): the op's host overhead per call against
+#      SDPA's on CUDA (benchmarks/host_overhead.py), the CUDA-graph capture and no-host-read
+#      tests on CUDA, and the model rows (`mstr bench --no-op`: MSTR[triton] and vanilla, eager
+#      and compiled, B=32 and B=8, GPU busy time beside wall time), saved row by row;
 #   5. an alternating A/B of the forward: specialised vs general CUDA kernels
 #      (MSTR_KERNELS_CUDA_GENERAL) and triton, rounds interleaved (benchmarks/profile_op.py);
 #   6. ncu on one launch of each kernel (--clock-control none): DRAM bytes read and written,
@@ -18,13 +22,13 @@
 #   7. a results file <gpu>-<date>-window.json under benchmarks/results/ (or $OUT when set: the
 #      device tool returns what is written there, at most 8 files: the summary and 6 in
 #      <stem>/) and a short table, printed last (scripts/gpu_window_summary.py).
-# GPU_WINDOW_STEPS selects steps (default "build report parity bench ab ncu").
+# GPU_WINDOW_STEPS selects steps (default "build report parity bench training ab ncu").
 # GPU_WINDOW_DRY=1 runs only what needs no GPU (the summary of whatever is there), for checking.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 LIMIT_S=${GPU_WINDOW_LIMIT_S:-480}
-STEPS=" ${GPU_WINDOW_STEPS:-build report parity bench ab ncu} "
+STEPS=" ${GPU_WINDOW_STEPS:-build report parity bench training ab ncu} "
 START=$SECONDS
 RESULTS=${OUT:-benchmarks/results}
 mkdir -p "$RESULTS"
@@ -85,6 +89,16 @@ fi
 want bench && step "benchmark vs SDPA" 110 $PY -m mstr_kernels.cli bench --device cuda \
   --T 4096 150 224 326 1024 --B 32 --H 16 --D 64 --dtype bfloat16 --p 3 --levels 4 \
   --contenders cuda triton sdpa-full --no-model --budget 0.2 --json "$WORK/bench.json"
+
+if want training; then
+  step "host overhead vs SDPA" 30 $PY benchmarks/host_overhead.py --device cuda \
+    --backends auto triton cuda --rounds 3 --budget 0.2 --json "$WORK/host-overhead.json"
+  step "CUDA graph capture, no host reads" 60 $PY -m pytest -q -p no:cacheprovider \
+    tests/test_host_path.py -k "cuda_graph or no_host_read"
+  # Compile mode "default": max-autotune's GEMM search would not fit the window.
+  step "model training step" 150 $PY -m mstr_kernels.cli bench --device cuda --no-op \
+    --contenders triton --compile-mode default --budget 0.1 --json "$WORK/model.json"
+fi
 
 if want ab; then  # rounds interleaved, so that clock and thermal drift hit every variant alike
   : > "$WORK/ab.txt"

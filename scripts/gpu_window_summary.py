@@ -1,5 +1,5 @@
 """Summary of one GPU window (scripts/gpu_window.sh): reads what its steps left in a folder
-(steps.txt, static.json, bench.json, ab.txt, ncu.txt), writes one results JSON and prints a
+(steps.txt, static.json, bench.json, model.json, host-overhead.json, ab.txt, ncu.txt), writes one results JSON and prints a
 short table. Missing pieces are reported as missing, never filled in.
 
     python scripts/gpu_window_summary.py WORK_DIR --json RESULTS.json
@@ -101,7 +101,13 @@ def main(argv=None) -> int:
     copy_gbs, bench = read_bench(work)
     static_path = work / "static.json"
     static = json.loads(static_path.read_text()) if static_path.exists() else None
+    model_path, host_path = work / "model.json", work / "host-overhead.json"
+    model = json.loads(model_path.read_text()) if model_path.exists() else None
+    host = json.loads(host_path.read_text()) if host_path.exists() else None
     result = {"steps": read_steps(work), "copy_gbs": copy_gbs, "bench": bench,
+              "model_rows": model["model_rows"] if model else None,
+              "model_targets": model["targets"] if model else None,
+              "host_overhead": host["rows"] if host else None,
               "ab_forward": read_ab(work),
               "ncu": read_ncu_file(work / "ncu.txt"),
               "static": static}
@@ -125,6 +131,20 @@ def main(argv=None) -> int:
             print(f"{r['contender']:>18} {r['pass']:>7} {r['T']:>5} {ms:>9} {fl:>8} {sp:>8}")
     else:
         print("benchmark: missing")
+    for name, r in (result["host_overhead"] or {}).items():
+        ratio = r.get("forward_ratio_to_sdpa")
+        print(f"host overhead {name:>9}: forward {r['forward_us']:.1f} us"
+              + (f" ({ratio:.2f}x SDPA)" if ratio else ""))
+    for r in result["model_rows"] or []:
+        busy = "-" if r.get("busy_ms") is None else f"{r['busy_ms']:.2f}"
+        ms = "-" if not r.get("step_ms") else f"{r['step_ms']:.2f}"
+        print(f"model {r['model']:>14} {r['mode']:>9} B={r['B']:<3} T={r['T']:<5} "
+              f"step {ms} ms, GPU busy {busy} ms")
+    for t in result["model_targets"] or []:
+        if t["target"].startswith(("compiled", "MSTR")) and t["status"] != "not measured":
+            print(f"[{t['status']}] {t['target']}: {t['value']:.3g} (target {t['wanted']})")
+    if model is None:
+        print("model rows: missing")
     for variant, ab in result["ab_forward"].items():
         print(f"A/B forward {variant:>12}: median {ab['median_ms']:.3f} ms over rounds "
               + ", ".join(f"{t:.3f}" for t in ab["rounds_ms"]))

@@ -66,6 +66,14 @@ def test_json_schema(quick_run):
     assert {t["status"] for t in result["targets"]} <= {"met", "not met", "not measured"}
 
 
+def test_no_op_runs_no_op_rows(tmp_path):
+    path = tmp_path / "r.json"
+    assert cli.main(["bench", "--device", "cpu", "--quick", "--no-op", "--no-model", "--T", "20",
+                     "--budget", "0.02", "--json", str(path)]) == 0
+    result = json.loads(path.read_text())
+    assert result["rows"] == [] and result["model_rows"] == [] and result["copy_gbs"] > 0
+
+
 def test_floor_ratio_uses_this_runs_copy_bandwidth(quick_run):
     result, _ = quick_run
     timed = [r for r in result["rows"] if r["median_ms"]]
@@ -140,6 +148,28 @@ def test_targets_verdicts():
     assert [t["status"] for t in cpu] == ["met", "not met"]
     assert all(t["status"] == "not measured" and t["why"]
                for t in report.targets(_result("cpu", cpu_rows)) if "CUDA" in t["target"])
+
+
+def test_model_step_targets():
+    """Issue 15's GPU targets from model rows: compiled MSTR no slower than compiled vanilla,
+    its wall time within 1.3x its GPU busy time, and the B=8 step at most half the B=32 step."""
+    def step(model, B, T, ms, busy=None, compiled=1):
+        return dict(model=model, B=B, T=T, F=1024, step_ms=ms, busy_ms=busy, compiled=compiled)
+    model_rows = [step("MSTR[triton]", 32, 326, 10.0, busy=8.5), step("vanilla", 32, 326, 11.0),
+                  step("MSTR[triton]", 8, 326, 6.0), step("MSTR[triton]", 8, 326, 1.0, compiled=0),
+                  step("MSTR[triton]", 8, 1024, 9.0), step("vanilla", 8, 1024, 10.0)]
+    got = {t["target"]: (t["status"], t["value"]) for t in report.targets(
+        _result("cuda", [], model_rows)) if "MSTR[triton]" in t["target"]}
+    assert got["compiled MSTR[triton] training step B=32 T=326 F=1024: wall / GPU busy time"] == (
+        "met", 10.0 / 8.5)
+    assert got["compiled MSTR[triton] training step B=8 / B=32, T=326 F=1024"] == ("not met", 0.6)
+    assert got["compiled MSTR[triton] training step / compiled vanilla step, B=32 T=326 F=1024 "
+               "bf16 autocast"] == ("met", 10.0 / 11.0)
+    assert got["compiled MSTR[triton] training step / compiled vanilla step, B=8 T=1024 F=1024 "
+               "bf16 autocast"][0] == "not met"
+    on_cpu = [t for t in report.targets(_result("cpu", [], model_rows))
+              if "wall / GPU busy" in t["target"] or "B=8 / B=32" in t["target"]]
+    assert on_cpu and all(t["status"] == "not measured" for t in on_cpu)
 
 
 def test_model_bench_rows(monkeypatch):

@@ -215,6 +215,18 @@ def targets(result: dict) -> List[dict]:
             add(f"compiled MSTR[{backend}] training step / compiled vanilla step, B={B} T={T} "
                 f"F=1024 bf16 autocast", f"<= {bound}", v, v is not None and v <= bound,
                 gpu_why or "no compiled model rows for it")
+    # Issue 15: a step bound by the GPU, not the host, and one that scales with the work.
+    for backend in FUSED_GPU:
+        fused = paper_step(f"MSTR[{backend}]", compiled=True)
+        busy = fused.get("busy_ms") if fused else None
+        v = fused["step_ms"] / busy if busy else None
+        add(f"compiled MSTR[{backend}] training step B=32 T=326 F=1024: wall / GPU busy time",
+            "<= 1.3", v, v is not None and v <= 1.3,
+            gpu_why or "no compiled model row with a busy time for it")
+        small = paper_step(f"MSTR[{backend}]", 8, 326, compiled=True)
+        v = small["step_ms"] / fused["step_ms"] if small and fused else None
+        add(f"compiled MSTR[{backend}] training step B=8 / B=32, T=326 F=1024", "<= 0.5", v,
+            v is not None and v <= 0.5, gpu_why or "no compiled model rows at B=8 and B=32")
     cpu = _find(rows, "cpu", "fwd+bwd", CPU_MAIN) if not on_gpu else None
     cpu_why = ("a CPU run covers it" if on_gpu else
                "no row for CPU float32 B=8 H=16 D=64 T=1024 p=3 L=4 (run without --quick)")

@@ -18,9 +18,10 @@ QUICK = {
 }
 # Model benchmark sizes: the paper's training step; --quick on CPU uses a small model. Eager and
 # compiled rows at (B, T) and, compiled, at the sweep's compiled_sweep_T (SPEC section 4's B=8
-# T=1024 target); with --quick only the first backend and vanilla are compiled too.
+# T=1024 target; B=8 T=326 for the step's scaling with B); with --quick only the first backend
+# and vanilla are compiled too.
 MODEL = {"cuda": dict(B=32, T=326, F_dim=1024, layers=4, heads=16, sweep_T=[326, 1024, 4096, 8192],
-                      sweep_B=8, compiled_sweep_T=[1024]),
+                      sweep_B=8, compiled_sweep_T=[326, 1024]),
          "cpu": dict(B=8, T=326, F_dim=1024, layers=4, heads=16, sweep_T=[326, 1024, 2048],
                      sweep_B=2, compiled_sweep_T=[])}
 MODEL_QUICK = {"cuda": dict(B=8, T=326, F_dim=1024, layers=4, heads=16, sweep_T=[326, 2048],
@@ -58,6 +59,8 @@ def register(sub):
                         "flex-window)")
     p.add_argument("--budget", type=float, default=None,
                    help="seconds of timed repeats per measurement (default 0.5; 0.15 with --quick)")
+    p.add_argument("--op", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the op benchmark (default: yes; --no-op: the model rows only)")
     p.add_argument("--model", action=argparse.BooleanOptionalAction, default=True,
                    help="also run the model training-step benchmark (default: yes)")
     p.add_argument("--compile-mode", default=None,
@@ -127,7 +130,7 @@ def run(args) -> int:
                       and (not args.contenders or n in args.contenders)]
 
     def op_stage(Ts):
-        if Ts:
+        if Ts and args.op:
             run_op_bench(Sweep(**{**sweep.__dict__, "T": Ts}), device, copy_gbs,
                          contenders=args.contenders, budget_s=budget, rows=result["rows"],
                          on_row=save)
