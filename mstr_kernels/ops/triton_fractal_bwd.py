@@ -16,7 +16,8 @@ import triton
 import triton.language as tl
 
 from .triton_fractal_common import (_attend_rows, _gelu_grad, _half_precision, _load_rows,
-                                    _pool_rows, _row_counts, _store_rows, _tile_coords)
+                                    _pool_pyramid, _pool_rows, _row_counts, _store_rows,
+                                    _tile_coords)
 
 BWD_REGIONS = tl.constexpr(7)  # pooled q, k, v, dout sums; top-down sums of dq, dk, dv
 
@@ -158,22 +159,7 @@ def fractal_bwd_kernel(
             _pool_rows(v_base, svt, svd, scr_v, DS, n_t, 1, D, P_WIN, BR_POOL, BD)
             _pool_rows(g_base, sgt, sgd, scr_g, DS, n_t, 1, D, P_WIN, BR_POOL, BD)
             tl.debug_barrier()
-            # Runtime loops over levels (not unrolled), as in the forward kernel.
-            S = tl.full([], P_WIN, tl.int32)
-            RB = tl.full([], 0, tl.int32)
-            for _ in range(LEVELS - 2):
-                R = TILE // S
-                _pool_rows(scr_q + RB * DS, DS, 1, scr_q + (RB + R) * DS, DS, n_t, S, D, P_WIN,
-                           BR_POOL, BD)
-                _pool_rows(scr_k + RB * DS, DS, 1, scr_k + (RB + R) * DS, DS, n_t, S, D, P_WIN,
-                           BR_POOL, BD)
-                _pool_rows(scr_v + RB * DS, DS, 1, scr_v + (RB + R) * DS, DS, n_t, S, D, P_WIN,
-                           BR_POOL, BD)
-                _pool_rows(scr_g + RB * DS, DS, 1, scr_g + (RB + R) * DS, DS, n_t, S, D, P_WIN,
-                           BR_POOL, BD)
-                tl.debug_barrier()
-                RB += R
-                S *= P_WIN
+            S, RB = _pool_pyramid(scr_q, region, 4, n_t, D, TILE, DS, P_WIN, LEVELS, BR_POOL, BD)
             # (B) top-down over the pooled levels L..2.
             for step in range(LEVELS - 1):
                 n_parent = tl.where(step > 0, n_t, 0)  # the top level has no parent

@@ -115,6 +115,27 @@ def _pool_rows(src, row_stride, col_stride, dst, DS: tl.constexpr, n_t, S, D,
 
 
 @triton.jit
+def _pool_pyramid(scr, region, N_REGIONS: tl.constexpr, n_t, D, TILE: tl.constexpr,
+                  DS: tl.constexpr, P_WIN: tl.constexpr, LEVELS: tl.constexpr,
+                  BR: tl.constexpr, BD: tl.constexpr):
+    """Levels 3..L's sums from level 2's, in each of N_REGIONS consecutive scratch regions
+    (`region` floats apart: pooled q, k, v[, dout]); level l's rows follow level l-1's. Returns
+    (S, RB) of the top level: its pooling size and first scratch row. A run-time loop over
+    levels (not unrolled): one copy of the pooling code keeps registers low."""
+    S = tl.full([], P_WIN, tl.int32)
+    RB = tl.full([], 0, tl.int32)
+    for _ in range(LEVELS - 2):
+        R = TILE // S
+        for i in tl.static_range(N_REGIONS):
+            base = scr + i * region
+            _pool_rows(base + RB * DS, DS, 1, base + (RB + R) * DS, DS, n_t, S, D, P_WIN, BR, BD)
+        tl.debug_barrier()
+        RB += R
+        S *= P_WIN
+    return S, RB
+
+
+@triton.jit
 def _attend_rows(q, k_base, k_rs, k_cs, v_base, v_rs, v_cs, rows, n_t, S, scale, D,
                  POOLED: tl.constexpr, P_WIN: tl.constexpr, BR: tl.constexpr,
                  BD: tl.constexpr):

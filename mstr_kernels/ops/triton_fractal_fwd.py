@@ -13,8 +13,9 @@ Work is in row layout: chunks of BR consecutive rows of a level, window partners
 import triton
 import triton.language as tl
 
-from .triton_fractal_common import (_attend_rows, _gelu, _half_precision, _load_rows, _pool_rows,
-                                    _row_counts, _store_rows, _tile_coords)
+from .triton_fractal_common import (_attend_rows, _gelu, _half_precision, _load_rows,
+                                    _pool_pyramid, _pool_rows, _row_counts, _store_rows,
+                                    _tile_coords)
 
 FWD_REGIONS = tl.constexpr(4)  # scratch regions: pooled q, k, v sums and the top-down sum Z
 # (LEVEL1_FIRST adds one region of p**levels rows: GELU(Y_1) of every frame)
@@ -107,21 +108,8 @@ def fractal_fwd_kernel(
                 _pool_rows(k_base, skt, skd, scr_k, DS, n_t, 1, D, P_WIN, BR_POOL, BD)
                 _pool_rows(v_base, svt, svd, scr_v, DS, n_t, 1, D, P_WIN, BR_POOL, BD)
             tl.debug_barrier()
-            # Runtime loops over levels (not unrolled): one copy of the level code keeps
-            # registers low. S: pooling size of the level, RB: its first scratch row.
-            S = tl.full([], P_WIN, tl.int32)
-            RB = tl.full([], 0, tl.int32)
-            for _ in range(LEVELS - 2):
-                R = TILE // S
-                _pool_rows(scr_q + RB * DS, DS, 1, scr_q + (RB + R) * DS, DS, n_t, S, D, P_WIN,
-                           BR_POOL, BD)
-                _pool_rows(scr_k + RB * DS, DS, 1, scr_k + (RB + R) * DS, DS, n_t, S, D, P_WIN,
-                           BR_POOL, BD)
-                _pool_rows(scr_v + RB * DS, DS, 1, scr_v + (RB + R) * DS, DS, n_t, S, D, P_WIN,
-                           BR_POOL, BD)
-                tl.debug_barrier()
-                RB += R
-                S *= P_WIN
+            # S: pooling size of the level, RB: its first scratch row (the top level's here).
+            S, RB = _pool_pyramid(scr_q, region, 3, n_t, D, TILE, DS, P_WIN, LEVELS, BR_POOL, BD)
             # (B) top-down attention on pooled levels L..2, accumulating Z in scratch.
             for step in range(LEVELS - 1):
                 n_parent = tl.where(step > 0, n_t, 0)  # the top level has no parent
