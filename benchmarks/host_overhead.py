@@ -103,8 +103,12 @@ def main(argv=None):
         both = row.get("forward_backward_ratio_to_sdpa")
         print(f"{name:>10} {row['forward_us']:9.1f} {row['forward_backward_us']:11.1f} "
               f"{'' if ratio is None else f'{ratio:.2f}':>11} {'' if both is None else f'{both:.2f}':>15}")
-    met = all(rows[n]["forward_ratio_to_sdpa"] <= TARGET_RATIO for n in args.backends)
-    print(f"target forward <= {TARGET_RATIO}x SDPA: {'met' if met else 'NOT met'}")
+    from mstr_kernels.ops import BACKENDS
+    # The target is the fused backends' (and auto's); the reference is shown for scale.
+    held = [n for n in args.backends if n == "auto" or BACKENDS[n].fused]
+    met = all(rows[n]["forward_ratio_to_sdpa"] <= TARGET_RATIO for n in held)
+    print(f"target forward <= {TARGET_RATIO}x SDPA ({', '.join(held)}): "
+          f"{'met' if met else 'NOT met'}")
     path = Path(args.json) if args.json else (
         ROOT / "benchmarks" / "results" / f"{results_stem(env)}-host-overhead.json")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """The op's host path (issue 15): no data-dependent host reads anywhere in a training step, a lean
 call path (backend choice cached, no logging on the hot path), and CUDA-graph capture."""
 import logging
+import sys
 
 import pytest
 import torch
@@ -118,6 +119,71 @@ def test_choice_follows_a_replaced_registry_entry(monkeypatch):
     monkeypatch.setitem(BACKENDS, "cpu", dataclasses.replace(BACKENDS["cpu"], max_head_dim=2))
     with pytest.warns(RuntimeWarning, match="falls back"):
         assert backends.select_backend("auto", q, 3, 2).name == "reference"
+
+
+@pytest.mark.parametrize("backend", host_path_backends())
+def test_a_remembered_call_skips_the_checks_but_not_their_refusals(monkeypatch, backend):
+    """The hot path: a call whose signature was accepted before runs without check_call and
+    without choosing again, and gives the same result; any argument that differs from it in a
+    way a check reads (shape, dtype, device, type, registry) goes through the checks again."""
+    from mstr_kernels.ops import validation
+    monkeypatch.setattr(backends, "_choices", {})
+    checked = []
+    original = validation.check_call
+    monkeypatch.setattr(validation, "check_call", lambda *a: checked.append(a) or original(*a))
+    q, k, v = qkv_views(2, 2, 11, 4, torch.float64)
+    lengths = torch.tensor([11, 4])
+    # levels=1 and scale=1.0: a bool True is equal to both as a dictionary key
+    call = dict(p=3, levels=1, scale=1.0, lengths=lengths, backend=backend)
+    first = mstr_kernels.fractal_attention(q, k, v, **call)
+    again = mstr_kernels.fractal_attention(q, k, v, **call)
+    assert len(checked) == 1 and torch.equal(first, again)
+    # lengths values are data: still refused on the remembered path, by name
+    with pytest.raises(ValueError, match=r"lengths contains 12.*T = 11"):
+        mstr_kernels.fractal_attention(q, k, v, **dict(call, lengths=torch.tensor([12, 4])))
+    refused = [
+        (dict(levels=True), TypeError, "levels must be an int"),
+        (dict(scale=True), TypeError, "scale must be a float"),
+        (dict(k=k[:, :, :10]), ValueError, r"k.shape=\(2, 2, 10, 4\) must equal"),
+        (dict(v=v.float()), TypeError, "v.dtype=torch.float32 must equal"),
+        (dict(k=k.to("meta")), ValueError, "k.device=meta must equal"),
+        (dict(lengths=lengths.float()), TypeError, "lengths.dtype=torch.float32"),
+        (dict(lengths=lengths[:1]), ValueError, r"lengths.shape=\(1,\) must be \(B,\)"),
+        (dict(q=q.detach().numpy()), TypeError, "q must be a torch.Tensor"),
+    ]
+    for change, error, words in refused:
+        args = {**call, "q": q, "k": k, "v": v, **change}
+        with pytest.raises(error, match=words):
+            mstr_kernels.fractal_attention(args.pop("q"), args.pop("k"), args.pop("v"), **args)
+
+
+def test_a_remembered_call_follows_a_replaced_registry_entry(monkeypatch):
+    import dataclasses
+    if available_backends()["cpu"] is not None:
+        pytest.skip("the cpu backend is not built: auto picks the reference either way")
+    q, k, v = qkv_views(1, 1, 9, 4, torch.float64)
+    calls = []
+    op_module = sys.modules["mstr_kernels.ops.fractal_attention"]
+    original = op_module.fractal_attention_reference
+    monkeypatch.setattr(op_module, "fractal_attention_reference",
+                        lambda *a: calls.append(a) or original(*a))
+    for _ in range(2):
+        mstr_kernels.fractal_attention(q, k, v, p=3, levels=2)
+    assert not calls  # auto ran the cpu backend
+    monkeypatch.setattr(backends, "_warned", set())
+    monkeypatch.setitem(BACKENDS, "cpu", dataclasses.replace(BACKENDS["cpu"], max_head_dim=2))
+    with pytest.warns(RuntimeWarning, match="falls back"):
+        mstr_kernels.fractal_attention(q, k, v, p=3, levels=2)
+    assert len(calls) == 1  # the same signature, decided again after the registry changed
+
+
+def test_the_call_memo_stays_bounded(monkeypatch):
+    monkeypatch.setattr(backends, "_choices", {})
+    monkeypatch.setattr(backends, "_MAX_REMEMBERED", 8)
+    for T in range(1, 30):
+        q = torch.zeros(1, 1, T, 4)
+        mstr_kernels.fractal_attention(q, q, q, p=3, levels=2)
+    assert len(backends._choices) <= 8
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible to torch)")

@@ -140,7 +140,33 @@ _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 _TRITON_DEVICES = ("cuda", "cpu") if os.environ.get("TRITON_INTERPRET") == "1" else ("cuda",)
 _BOTH = (FRACTAL_ATTENTION, FRACTAL_ATTENTION_VARLEN)
 
-BACKENDS: Dict[str, Backend] = {b.name: b for b in (
+class Registry(dict):
+    """The name -> Backend mapping, with a version that every change of an entry bumps, so that
+    the cached choices (and `fractal_attention`'s call memo) follow a replaced entry."""
+
+    version = 0
+
+    def __setitem__(self, name, backend):
+        super().__setitem__(name, backend)
+        self.version += 1
+
+    def __delitem__(self, name):
+        super().__delitem__(name)
+        self.version += 1
+
+    def _changed(method):  # the other mutating methods: same bump
+        def wrapped(self, *args, **kwargs):
+            result = method(self, *args, **kwargs)
+            self.version += 1
+            return result
+        return wrapped
+
+    pop, popitem, clear, update, setdefault = map(
+        _changed, (dict.pop, dict.popitem, dict.clear, dict.update, dict.setdefault))
+    del _changed
+
+
+BACKENDS: Registry = Registry({b.name: b for b in (
     Backend("cuda", "fused CUDA C++ kernels (csrc/, mstr_kernels._C)", ("cuda",), _FLOATS,
             loader=_load_extension("cuda"), call=EXTENSION),
     Backend("triton", "fused Triton kernels, one launch forward and one backward",
@@ -152,7 +178,7 @@ BACKENDS: Dict[str, Backend] = {b.name: b for b in (
     Backend("reference", "plain PyTorch ops, autograd by PyTorch", ("cpu", "cuda"),
             _FLOATS + (torch.float64,), fused=False, loader=_load_reference, call=PLAIN,
             ops=_BOTH, varlen_loader=_load_varlen("varlen_reference")),
-)}
+)})
 
 # `auto` tries these in order, the fastest first (measured: benchmarks/results/*.json; the
 # H100 runs put triton ahead of cuda at the benchmark shape).
@@ -160,9 +186,22 @@ BACKEND_ORDER = ("triton", "cuda", "cpu", "reference")
 BACKEND_NAMES = ("auto",) + BACKEND_ORDER
 
 _warned: set = set()
-# (name, op, device, dtype, D, p, levels, stride class, registry) -> backend name, or "!" and
-# the error; the registry's identity is part of the key, so replacing an entry re-decides.
-_choices: Dict[tuple, str] = {}
+# (name, op, device, dtype, D, p, levels, stride class, registry version, order) -> backend
+# name, or "!" and the error: replacing an entry or the order re-decides. fractal_attention
+# keeps its memo of accepted calls here too (`remembered_call`), so that one reset clears both.
+_choices: Dict[tuple, object] = {}
+_MAX_REMEMBERED = 4096  # distinct call signatures kept; then the memo starts over
+
+
+def remembered_call(signature: tuple):
+    """What `remember_call` stored for this call signature, or None."""
+    return _choices.get(signature)
+
+
+def remember_call(signature: tuple, value) -> None:
+    if len(_choices) >= _MAX_REMEMBERED:
+        _choices.clear()
+    _choices[signature] = value
 
 
 def get_backend(name: str) -> Backend:
@@ -184,8 +223,8 @@ def select_backend(name: str, q: torch.Tensor, p: int, levels: int,
 @torch.compiler.assume_constant_result
 def _choice(name: str, op: str, device: torch.device, dtype: torch.dtype, head_dim: int, p: int,
             levels: int, unit_stride: bool) -> str:
-    key = (name, op, device, dtype, head_dim, p, levels, unit_stride,
-           tuple(map(id, BACKENDS.values())))
+    key = (name, op, device, dtype, head_dim, p, levels, unit_stride, BACKENDS.version,
+           BACKEND_ORDER)
     chosen = _choices.get(key)
     if chosen is None:
         # A small tensor like the inputs (device, dtype, D, unit stride or not): what

@@ -17,7 +17,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from . import validation
+from . import backends, validation
 from .backends import EXTENSION, PLAIN, get_backend, select_backend
 from .reference import fractal_attention_reference
 
@@ -101,6 +101,49 @@ def _(x, ok, message):
     return torch.empty_like(x)
 
 
+# Whether any autocast is on (one C call; older torch: ask per device).
+_any_autocast = getattr(torch._C, "_is_any_autocast_enabled", None) or (
+    lambda: torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda"))
+
+
+def _call_signature(q, k, v, p, levels, lengths, scale, backend) -> Optional[tuple]:
+    """Everything the checks and the backend choice read, as a dictionary key (None if an
+    argument is not a tensor where one must be: the full checks name it)."""
+    try:
+        return (backend, p, levels, scale, type(p), type(levels), type(scale),
+                q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype,
+                q.device, k.device, v.device, q.stride(-1) == 1,
+                None if lengths is None else (lengths.dtype, lengths.shape, lengths.device,
+                                              type(lengths)),
+                type(q), type(k), type(v), backends.BACKENDS.version, backends.BACKEND_ORDER)
+    except AttributeError:
+        return None
+
+
+def _run(chosen, q, k, v, lengths, p: int, levels: int, scale: float) -> torch.Tensor:
+    if chosen.call == EXTENSION:
+        return torch.ops.mstr_kernels.fractal_attention_ext_fwd.default(q, k, v, lengths, p,
+                                                                        levels, scale)
+    if chosen.call == PLAIN:
+        if lengths is not None:
+            lengths = checked_lengths(lengths, q.shape[2])
+        return fractal_attention_reference(q, k, v, lengths, p, levels, scale)
+    return fractal_attention_fwd(q, k, v, lengths, p, levels, scale, chosen.name)
+
+
+_EXTENSION_FWD = []
+
+
+def _extension_fwd():
+    """The C++ op's dispatcher entry (what OpOverload.__call__ calls; eager only: dynamo traces
+    the overload), looked up once: the extension registers the op when a backend that uses it is
+    loaded, before its first call."""
+    if not _EXTENSION_FWD:
+        overload = torch.ops.mstr_kernels.fractal_attention_ext_fwd.default
+        _EXTENSION_FWD.append(getattr(overload, "_op", overload))
+    return _EXTENSION_FWD[0]
+
+
 def fractal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, p: int = 3,
                       levels: int = 4, lengths: Optional[torch.Tensor] = None,
                       scale: Optional[float] = None, backend: str = "auto") -> torch.Tensor:
@@ -111,6 +154,17 @@ def fractal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, p: i
     Under `torch.autocast`, float32 / float16 / bfloat16 q, k, v are cast to the autocast dtype
     and float64 stays float64, as SDPA's inputs are.
     """
+    # The hot path (eager, no autocast): a call whose signature was accepted before skips the
+    # checks and the backend choice; its `lengths` values are still checked inside the op.
+    hot = not torch.compiler.is_compiling() and not _any_autocast()
+    if hot:
+        signature = _call_signature(q, k, v, p, levels, lengths, scale, backend)
+        remembered = backends.remembered_call(signature)
+        if remembered is not None:
+            chosen, scale = remembered
+            if chosen.call == EXTENSION:  # eager: the dispatcher entry itself
+                return _extension_fwd()(q, k, v, lengths, p, levels, scale)
+            return _run(chosen, q, k, v, lengths, p, levels, scale)
     validation.check_call(q, k, v, p, levels, scale, lengths)
     device_type = q.device.type
     if torch.is_autocast_enabled(device_type) and q.dtype in validation.AUTOCAST_DTYPES:
@@ -119,11 +173,6 @@ def fractal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, p: i
             q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     chosen = select_backend(backend, q, p, levels)
     scale = validation.default_scale(q.shape[-1], scale)
-    if chosen.call == EXTENSION:
-        return torch.ops.mstr_kernels.fractal_attention_ext_fwd.default(q, k, v, lengths, p,
-                                                                        levels, scale)
-    if chosen.call == PLAIN:
-        if lengths is not None:
-            lengths = checked_lengths(lengths, q.shape[2])
-        return fractal_attention_reference(q, k, v, lengths, p, levels, scale)
-    return fractal_attention_fwd(q, k, v, lengths, p, levels, scale, chosen.name)
+    if hot and signature is not None:
+        backends.remember_call(signature, (chosen, scale))
+    return _run(chosen, q, k, v, lengths, p, levels, scale)
