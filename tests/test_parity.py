@@ -10,7 +10,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import mstr_kernels
-from mstr_kernels.ops.backends import select_backend
+from mstr_kernels.ops.backends import CUSTOM_OP, select_backend
 from parity import (Inputs, accept, cases, check_case, check_results, float64_truth,
                     registry, rel_err, run_inputs, run_op, single_cases, sweep_inputs)
 
@@ -123,8 +123,18 @@ def test_opcheck(backend, device, dtype):
                                              lengths=lengths, backend=backend)
     with backward:
         torch.autograd.grad(out, leaves, dout)
-    if not forward.calls and not select_backend(backend, q, inputs.p, inputs.levels).fused:
+    chosen = select_backend(backend, q, inputs.p, inputs.levels)
+    if not forward.calls and not chosen.fused:
         pytest.skip(f"backend={backend!r} runs plain PyTorch ops: no registered op to check")
+    if chosen.call == CUSTOM_OP:
+        # Eager calls take FusedFunction; these are the ops torch.compile runs instead.
+        assert not forward.calls and not backward.calls
+        scale = inputs.scale if inputs.scale is not None else inputs.D ** -0.5
+        params = (lengths, inputs.p, inputs.levels, scale, chosen.name)
+        forward.calls = [(torch.ops.mstr_kernels.fractal_attention_fwd.default,
+                          (*leaves, *params), {})]
+        backward.calls = [(torch.ops.mstr_kernels.fractal_attention_bwd.default,
+                           (dout, *leaves, *params), {})]
     assert forward.calls, f"backend={backend!r} is fused but ran no registered op"
     seen = set()
     # Forward ops are checked with inputs that require grad (their autograd registration);

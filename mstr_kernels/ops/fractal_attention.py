@@ -5,11 +5,13 @@ Three ways to a backend (`Backend.call`), each one opaque node (or plain ops) to
   the dispatcher in csrc/fractal_attention.cpp with its autograd in C++, so an eager call pays
   one dispatcher hop and no Python layer (that layer alone cost more than SDPA's whole call);
 - `custom_op` (triton, any Python fused backend): two Python custom ops (forward, backward),
-  with autograd registered on the forward;
+  with autograd registered on the forward, what torch.compile traces; an eager call takes
+  `FusedFunction`, the same bodies as an autograd.Function, without the custom-op layer's cost;
 - `plain` (reference): plain PyTorch, traced and differentiated natively.
-Every path checks `lengths` values inside a registered op (the C++ entry,
-`fractal_attention_fwd/bwd`, or `checked_lengths` for the reference), before any narrowing: the
-same inputs are refused eagerly and compiled, without a host read on a GPU.
+Every path checks `lengths` values inside the op (the C++ entry, `fractal_attention_fwd/bwd` and
+`FusedFunction`, or `checked_lengths` for the reference), before any narrowing: the same inputs
+are refused eagerly and compiled, without a host read on a GPU. An eager call seen before skips
+the argument checks and the backend choice (`_call_signature`), not the `lengths` check.
 """
 from __future__ import annotations
 
@@ -128,7 +130,38 @@ def _run(chosen, q, k, v, lengths, p: int, levels: int, scale: float) -> torch.T
         if lengths is not None:
             lengths = checked_lengths(lengths, q.shape[2])
         return fractal_attention_reference(q, k, v, lengths, p, levels, scale)
-    return fractal_attention_fwd(q, k, v, lengths, p, levels, scale, chosen.name)
+    if torch.compiler.is_compiling() or not _plain(q, k, v, lengths):
+        # traced, or tensor subclasses (fake tensors run the ops' fake implementations)
+        return fractal_attention_fwd(q, k, v, lengths, p, levels, scale, chosen.name)
+    return FusedFunction.apply(q, k, v, lengths, p, levels, scale, chosen.name)
+
+
+def _plain(q, k, v, lengths) -> bool:
+    return (type(q) is torch.Tensor and type(k) is torch.Tensor and type(v) is torch.Tensor
+            and (lengths is None or type(lengths) is torch.Tensor))
+
+
+class FusedFunction(torch.autograd.Function):
+    """The eager form of the registered pair fractal_attention_fwd / _bwd: the same checks and
+    backend calls without the custom-op layer, whose per-call cost is several times the
+    kernels' launch at speech lengths. torch.compile traces the registered ops instead."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, lengths, p, levels, scale, backend):
+        validation.check_lengths_range(lengths, q.shape[2])
+        lengths = _int32(lengths)
+        module = get_backend(backend).module()
+        ctx.save_for_backward(q, k, v, lengths)  # inputs only: the backward recomputes the rest
+        ctx.params = (module, p, levels, scale)
+        return module.fractal_attention_fwd(q, k, v, lengths, p, levels, scale)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout):
+        q, k, v, lengths = ctx.saved_tensors  # lengths checked by the forward
+        module, p, levels, scale = ctx.params
+        dq, dk, dv = module.fractal_attention_bwd(dout, q, k, v, lengths, p, levels, scale)
+        return dq, dk, dv, None, None, None, None, None
 
 
 _EXTENSION_FWD = []

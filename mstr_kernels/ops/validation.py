@@ -161,17 +161,17 @@ def lengths_range_message(T: int, bad=None) -> str:
 def check_lengths_range(lengths: Optional[torch.Tensor], T: int) -> None:
     """0 <= lengths[b] <= T, on the given values (int64 ones before any narrowing).
 
-    CPU tensors: a host check through numpy (no ATen op, no device sync) raising ValueError.
+    CPU tensors: a host check on the values (no ATen op, no device sync) raising ValueError.
     Other devices: a device-side assertion (`torch._assert_async`), no host read. Called inside
     the registered ops, so eager and compiled calls refuse the same inputs.
     """
     if lengths is None or lengths.numel() == 0:
         return
     if lengths.device.type == "cpu":
-        values = lengths.numpy()
-        lo, hi = values.min(), values.max()
+        values = lengths.tolist()  # B Python ints: cheaper than any tensor op at these sizes
+        lo, hi = min(values), max(values)
         if lo < 0 or hi > T:
-            raise ValueError(lengths_range_message(T, int(lo if lo < 0 else hi)))
+            raise ValueError(lengths_range_message(T, lo if lo < 0 else hi))
         return
     torch._assert_async(((lengths >= 0) & (lengths <= T)).all(), lengths_range_message(T))
 
