@@ -21,32 +21,52 @@ import torch
 from torch.utils.data import Sampler
 
 
-class LengthBucketBatchSampler(Sampler[List[int]]):
-    def __init__(self, lengths: Sequence[int], batch_size: int, *, shuffle: bool = True,
-                 bucket: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 pool_batches: int = 50):
-        if batch_size < world_size:
-            raise ValueError(f"batch_size={batch_size} must be >= world_size={world_size}: "
-                             f"each global batch is split between the processes")
+class _DistributedBatchSampler(Sampler[List[int]]):
+    """What both samplers share: the rank check, the (seed, epoch)-seeded item order, resuming at
+    a global batch, and each rank taking items r, r+W, ... of every global batch (a subclass's
+    `global_batches()`)."""
+
+    def __init__(self, lengths: Sequence[int], shuffle: bool, seed: int, rank: int,
+                 world_size: int):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
         self.lengths = list(lengths)
-        self.batch_size, self.shuffle, self.bucket = batch_size, shuffle, bucket
+        self.shuffle = shuffle
         self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.pool_batches = pool_batches
         self.epoch, self.start_batch = 0, 0
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Which epoch's order to produce, and the global batch to start from (resume)."""
         self.epoch, self.start_batch = epoch, start_batch
 
+    def epoch_order(self):
+        """(item order, generator): shuffled with a generator seeded by (seed, epoch), or in
+        order with no generator when shuffle is off."""
+        n = len(self.lengths)
+        if not self.shuffle:
+            return list(range(n)), None
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return torch.randperm(n, generator=g).tolist(), g
+
+    def __iter__(self) -> Iterator[List[int]]:
+        for batch in self.global_batches()[self.start_batch:]:
+            yield batch[self.rank::self.world_size]
+
+
+class LengthBucketBatchSampler(_DistributedBatchSampler):
+    def __init__(self, lengths: Sequence[int], batch_size: int, *, shuffle: bool = True,
+                 bucket: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 pool_batches: int = 50):
+        if batch_size < world_size:
+            raise ValueError(f"batch_size={batch_size} must be >= world_size={world_size}: "
+                             f"each global batch is split between the processes")
+        super().__init__(lengths, shuffle, seed, rank, world_size)
+        self.batch_size, self.bucket = batch_size, bucket
+        self.pool_batches = pool_batches
+
     def global_batches(self) -> List[List[int]]:
         n = len(self.lengths)
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(n, generator=g).tolist()
-        else:
-            order = list(range(n))
+        order, g = self.epoch_order()
         if self.bucket:
             pool = self.batch_size * self.pool_batches
             order = [i for s in range(0, n, pool)
@@ -59,10 +79,6 @@ class LengthBucketBatchSampler(Sampler[List[int]]):
             perm = torch.randperm(len(batches), generator=g).tolist()
             batches = [batches[i] for i in perm]
         return batches
-
-    def __iter__(self) -> Iterator[List[int]]:
-        for batch in self.global_batches()[self.start_batch:]:
-            yield batch[self.rank::self.world_size]
 
     def __len__(self) -> int:
         n, b = len(self.lengths), self.batch_size
@@ -145,7 +161,7 @@ class PadCollate:
         return x, lengths, labels
 
 
-class PackedBatchSampler(Sampler[List[int]]):
+class PackedBatchSampler(_DistributedBatchSampler):
     """Packed batches of about `batch_frames` frames: the counterpart of LengthBucketBatchSampler
     for packed input (`mstr train --packed`), where a batch costs its frames, not its longest
     item times its size, so no sorting by length is needed.
@@ -159,24 +175,11 @@ class PackedBatchSampler(Sampler[List[int]]):
                  seed: int = 0, rank: int = 0, world_size: int = 1):
         if batch_frames < 1:
             raise ValueError(f"batch_frames={batch_frames} must be >= 1")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
-        self.lengths = list(lengths)
-        self.batch_frames, self.shuffle = batch_frames, shuffle
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.epoch, self.start_batch = 0, 0
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """Which epoch's order to produce, and the global batch to start from (resume)."""
-        self.epoch, self.start_batch = epoch, start_batch
+        super().__init__(lengths, shuffle, seed, rank, world_size)
+        self.batch_frames = batch_frames
 
     def global_batches(self) -> List[List[int]]:
-        n = len(self.lengths)
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(n, generator=g).tolist()
-        else:
-            order = list(range(n))
+        order, _ = self.epoch_order()
         batches, batch, frames = [], [], 0
         for i in order:
             if len(batch) >= self.world_size and frames + self.lengths[i] > self.batch_frames:
@@ -190,10 +193,6 @@ class PackedBatchSampler(Sampler[List[int]]):
             else:
                 batches.append(batch)
         return batches
-
-    def __iter__(self) -> Iterator[List[int]]:
-        for batch in self.global_batches()[self.start_batch:]:
-            yield batch[self.rank::self.world_size]
 
     def __len__(self) -> int:
         return max(0, len(self.global_batches()) - self.start_batch)
