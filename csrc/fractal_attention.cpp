@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "cpu/output_cache.h"
+#include "cuda/fractal_spec_configs.h"
 #include "fractal_attention.h"
 #include "fractal_range.h"
 
@@ -188,36 +189,68 @@ at::Tensor fwd_autograd(const at::Tensor& q, const at::Tensor& k, const at::Tens
 }
 
 // Packed sequences (ops/varlen.py): q, k, v (total, H, D), any strides; `tiles` the (2, items)
-// int32 work list built from cu_seqlens. CPU only. The kernels see (1, H, total, D) views.
+// int32 work list built from cu_seqlens (entries of at most p**levels rows on the CPU,
+// varlen_item_frames(p, levels) on CUDA). The kernels see (1, H, total, D) views.
 at::Tensor as_batch_of_one(const at::Tensor& x) { return x.transpose(0, 1).unsqueeze(0); }
+
+// Every entry inside 0 <= start, 0 <= rows <= max_rows, start + rows <= total: read on the host
+// for CPU tensors, a device-side assertion on CUDA (no sync).
+void check_work_list(const at::Tensor& tiles, int64_t max_rows, int64_t total) {
+  const int64_t items = tiles.size(1);
+  if (!tiles.is_cpu()) {
+    const at::Tensor start = tiles[0], rows = tiles[1];
+    at::_assert_async(rows.ge(0).logical_and_(rows.le(max_rows)).logical_and_(start.ge(0))
+                          .logical_and_((start + rows).le(total)).all(),
+                      "tiles has an entry outside 0 <= start, 0 <= rows <= " +
+                          std::to_string(max_rows) + ", start + rows <= total = " +
+                          std::to_string(total));
+    return;
+  }
+  const int32_t* start = tiles.data_ptr<int32_t>();
+  for (int64_t i = 0; i < items; ++i) {
+    const int64_t s = start[i], n = start[items + i];
+    TORCH_CHECK_VALUE(s >= 0 && n >= 0 && n <= max_rows && s + n <= total, "tiles item ", i,
+                      " = (start ", s, ", rows ", n, ") is outside 0 <= start, 0 <= rows <= ",
+                      max_rows, ", start + rows <= total = ", total);
+  }
+}
 
 void check_varlen_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                          const at::Tensor& tiles, int64_t p, int64_t levels) {
   TORCH_CHECK_VALUE(q.dim() == 3, "q must be (total, H, D), got ", q.dim(), " dimensions");
   TORCH_CHECK_VALUE(k.sizes() == q.sizes() && v.sizes() == q.sizes(),
                     "k.shape and v.shape must equal q.shape=", q.sizes());
-  TORCH_CHECK_VALUE(q.is_cpu(), "the packed-sequence kernels of mstr_kernels._C run on the CPU");
+  TORCH_CHECK_VALUE(q.is_cpu() || q.is_cuda(), "unsupported device ", q.device());
+#ifndef MSTR_WITH_CUDA
+  TORCH_CHECK(q.is_cpu(), "mstr_kernels._C was built without CUDA");
+#endif
   check_inputs(as_batch_of_one(q), as_batch_of_one(k), as_batch_of_one(v), c10::nullopt, p,
                levels);
   TORCH_CHECK_TYPE(tiles.scalar_type() == at::kInt, "tiles must be int32");
   TORCH_CHECK_VALUE(tiles.dim() == 2 && tiles.size(0) == 2 && tiles.is_contiguous() &&
-                        tiles.is_cpu(), "tiles must be a contiguous CPU tensor (2, items)");
-  const int64_t items = tiles.size(1), total = q.size(0);
+                        tiles.device() == q.device(),
+                    "tiles must be a contiguous (2, items) tensor on q's device");
   const int64_t tile = static_cast<int64_t>(std::llround(std::pow(double(p), double(levels))));
-  const int32_t* start = tiles.data_ptr<int32_t>();
-  for (int64_t i = 0; i < items; ++i) {
-    const int64_t s = start[i], n = start[items + i];
-    TORCH_CHECK_VALUE(s >= 0 && n >= 0 && n <= tile && s + n <= total, "tiles item ", i,
-                      " = (start ", s, ", rows ", n, ") is outside 0 <= start, 0 <= rows <= ",
-                      tile, ", start + rows <= total = ", total);
-  }
+  check_work_list(tiles, q.is_cuda() ? varlen_item_frames(p, levels) : tile, q.size(0));
+}
+
+at::Tensor empty_packed(const at::Tensor& q) {
+  return q.is_cpu() ? empty_cpu_cached({q.size(0), q.size(1), q.size(2)}, q.scalar_type())
+                    : at::empty({q.size(0), q.size(1), q.size(2)}, q.options());
 }
 
 at::Tensor fwd_varlen(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                       const at::Tensor& tiles, int64_t p, int64_t levels, double scale) {
   check_varlen_inputs(q, k, v, tiles, p, levels);
-  at::Tensor out = empty_cpu_cached({q.size(0), q.size(1), q.size(2)}, q.scalar_type());
+  at::Tensor out = empty_packed(q);
   at::Tensor out_view = as_batch_of_one(out);
+  if (q.is_cuda()) {
+#ifdef MSTR_WITH_CUDA
+    fractal_attention_fwd_cuda(as_batch_of_one(q), as_batch_of_one(k), as_batch_of_one(v),
+                               at::Tensor(), FractalParams{p, levels, scale, tiles}, out_view);
+#endif
+    return out;
+  }
   fractal_attention_varlen_fwd_cpu(as_batch_of_one(q), as_batch_of_one(k), as_batch_of_one(v),
                                    tiles, FractalParams{p, levels, scale}, out_view);
   return out;
@@ -229,11 +262,21 @@ std::vector<at::Tensor> bwd_varlen(const at::Tensor& dout, const at::Tensor& q,
                                    double scale) {
   check_varlen_inputs(q, k, v, tiles, p, levels);
   TORCH_CHECK_VALUE(dout.sizes() == q.sizes(), "dout.shape must equal q.shape=", q.sizes());
+  TORCH_CHECK_VALUE(dout.device() == q.device(), "dout must be on q's device");
   TORCH_CHECK_TYPE(dout.scalar_type() == q.scalar_type(), "dout must have q's dtype");
   std::vector<at::Tensor> grads, views;
   for (int i = 0; i < 3; ++i) {
-    grads.push_back(empty_cpu_cached({q.size(0), q.size(1), q.size(2)}, q.scalar_type()));
+    grads.push_back(empty_packed(q));
     views.push_back(as_batch_of_one(grads.back()));
+  }
+  if (q.is_cuda()) {
+#ifdef MSTR_WITH_CUDA
+    fractal_attention_bwd_cuda(as_batch_of_one(dout), as_batch_of_one(q), as_batch_of_one(k),
+                               as_batch_of_one(v), at::Tensor(),
+                               FractalParams{p, levels, scale, tiles}, views[0], views[1],
+                               views[2]);
+#endif
+    return grads;
   }
   fractal_attention_varlen_bwd_cpu(as_batch_of_one(dout), as_batch_of_one(q), as_batch_of_one(k),
                                    as_batch_of_one(v), tiles, FractalParams{p, levels, scale},
@@ -250,6 +293,13 @@ bool cuda_built() {
 }
 
 }  // namespace
+
+int64_t varlen_item_frames(int64_t p, int64_t levels) {
+  int64_t tile = 1;
+  for (int64_t l = 0; l < levels; ++l) tile *= p;
+  return tile * specialised::tiles_per_item(int(tile));
+}
+
 }  // namespace mstr_kernels
 
 TORCH_LIBRARY_FRAGMENT(mstr_kernels, m) {
@@ -292,11 +342,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     return d;
   }, "the supported range compiled in (csrc/fractal_range.h)");
   m.def("fractal_attention_varlen_fwd", &mstr_kernels::fwd_varlen,
-        "fused forward of packed sequences (CPU)", py::arg("q"), py::arg("k"), py::arg("v"),
+        "fused forward of packed sequences (CPU and CUDA)", py::arg("q"), py::arg("k"), py::arg("v"),
         py::arg("tiles"), py::arg("p"), py::arg("levels"), py::arg("scale"));
   m.def("fractal_attention_varlen_bwd", &mstr_kernels::bwd_varlen,
-        "fused backward of packed sequences (CPU)", py::arg("dout"), py::arg("q"), py::arg("k"),
+        "fused backward of packed sequences (CPU and CUDA)", py::arg("dout"), py::arg("q"), py::arg("k"),
         py::arg("v"), py::arg("tiles"), py::arg("p"), py::arg("levels"), py::arg("scale"));
+  m.def("varlen_item_frames", &mstr_kernels::varlen_item_frames,
+        "rows per entry of the cuda backend's packed-sequence work list", py::arg("p"),
+        py::arg("levels"));
   m.def("cpu_output_cache_stats", [] {
     const auto s = mstr_kernels::cpu_output_cache_stats();
     py::dict d;

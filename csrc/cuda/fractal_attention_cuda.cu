@@ -1,6 +1,7 @@
 // CUDA launchers of the fused fractal attention forward and backward: one launch each for the
 // whole batch. A thread block walks (batch, head, tile) items; the tile's work is in
-// fractal_tile.cuh. Inputs are checked in fractal_attention.cpp. Forward and backward first
+// fractal_tile.cuh; packed sequences (params.work_list) take (entry, tile, head) items.
+// Inputs are checked in fractal_attention.cpp. Forward and backward first
 // offer the inputs to the kernels specialised on (p, levels, D) (fractal_spec_cuda.cu); these
 // general kernels take whatever those do not cover.
 #include <ATen/Dispatch.h>
@@ -90,12 +91,18 @@ int max_optin_smem(int device) {
 Geometry make_geometry(const at::Tensor& q, const at::Tensor& lengths, const FractalParams& prm,
                        int n_pyramids, bool with_dscores, int vec_width, SmemLayout& layout) {
   const int64_t device_limit = max_optin_smem(q.get_device());
-  const Geometry g = tile::plan_geometry(
+  Geometry g = tile::plan_geometry(
       q.size(0), q.size(1), q.size(2), int(q.size(3)), int(prm.p), int(prm.levels),
       float(prm.scale), lengths.defined() ? lengths.data_ptr<int>() : nullptr, n_pyramids,
       with_dscores, vec_width, kPreferredSmemBytes, device_limit, &layout);
   TORCH_CHECK(g.DC > 0, "fractal attention (cuda): p**levels=", g.P, " needs more shared memory"
               " than the device has (", device_limit, " bytes per block)");
+  if (prm.work_list.defined()) {  // packed sequences: the entries' tiles (B = 1)
+    g.work_start = prm.work_list.data_ptr<int>();
+    g.work_rows = g.work_start + prm.work_list.size(1);
+    g.entry_tiles = int(varlen_item_frames(prm.p, prm.levels) / g.P);
+    g.n_tiles = prm.work_list.size(1) * g.entry_tiles;
+  }
   return g;
 }
 

@@ -32,6 +32,7 @@ struct BackwardArgs {
   TensorRef<const T> q, k, v, dout;
   TensorRef<T> dq, dk, dv;
   const int* lengths;
+  const int* work = nullptr;  // packed sequences, as ForwardArgs
   int64_t T_len;
   int H, n_super, n_items;
   float scale_log2;  // scale * log2(e)

@@ -12,3 +12,12 @@
 #ifndef MSTR_SPEC_D
 #define MSTR_SPEC_D(X) X(32) X(64) X(128)
 #endif
+
+namespace mstr_kernels {
+namespace specialised {
+// Whole tiles of P = p**levels frames per item of the specialised kernels (small tiles are
+// grouped so that a block has enough work). Also the granularity of the `cuda` backend's
+// packed-sequence work list (ops/backends.py mirrors it: cuda_varlen_item_frames).
+constexpr int tiles_per_item(int P) { return P >= 64 ? 1 : 96 / P; }
+}  // namespace specialised
+}  // namespace mstr_kernels

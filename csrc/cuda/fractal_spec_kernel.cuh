@@ -66,13 +66,20 @@ tile::TensorRef<T> ref(const at::Tensor& x) {
                             x.stride(2), x.stride(3), true};
 }
 
-// Geometry of the launch into `a`; false where the items overflow 32-bit indices.
+// Geometry of the launch into `a` (padded, or packed sequences when prm.work_list is defined);
+// false where the items overflow 32-bit indices.
 template <class Cfg, class Args>
 bool set_geometry(Args& a, const at::Tensor& q, const at::Tensor& lengths,
                   const FractalParams& prm) {
   a.lengths = lengths.defined() ? lengths.data_ptr<int>() : nullptr;
   a.T_len = q.size(2);
-  const int64_t n_super = (a.T_len + Cfg::F - 1) / Cfg::F;
+  int64_t n_super = (a.T_len + Cfg::F - 1) / Cfg::F;
+  const at::Tensor& work = prm.work_list;
+  if (work.defined()) {  // packed sequences: one item per work-list entry and head (B = 1)
+    static_assert(Cfg::F == Cfg::P * tiles_per_item(Cfg::P), "the work list's entries");
+    a.work = work.data_ptr<int>();
+    n_super = work.size(1);  // (2, entries)
+  }
   const int64_t n_items = q.size(0) * q.size(1) * n_super;
   if (n_items >= INT_MAX) return false;
   a.H = int(q.size(1));

@@ -19,6 +19,7 @@
 // two stages fit. Every phase is straight-line code over compile-time counts; no atomics.
 #pragma once
 
+#include "fractal_spec_configs.h"
 #include "fractal_spec_device.cuh"
 
 namespace mstr_kernels {
@@ -31,7 +32,7 @@ struct Config {
   static_assert(kD % (2 * kChannels) == 0 || kD == kChannels * 4, "D in {32, 64, 128}");
   static constexpr int p = kP, levels = kL, D = kD, inputs = kInputs, out_rows = kOutRows;
   static constexpr int P = ipow(kP, kL);            // frames per tile
-  static constexpr int M = P >= 64 ? 1 : 96 / P;    // tiles per item
+  static constexpr int M = tiles_per_item(P);       // tiles per item
   static constexpr int F = P * M;                   // frames per item
   static constexpr int G = kD / kChannels;          // lanes per window: 4, 8 or 16
   static constexpr int W = kVecBytes / int(sizeof(T));  // elements per 16-byte vector
@@ -81,6 +82,9 @@ struct ForwardArgs {
   TensorRef<const T> q, k, v;
   TensorRef<T> out;
   const int* lengths;  // nullptr: every frame is valid
+  // Packed sequences (nullptr: padded batch): the (2, n_super) work list, entry e an item of
+  // work[n_super + e] <= F valid frames from packed row work[e] (B = 1, n_super = entries).
+  const int* work = nullptr;
   int64_t T_len;
   int H, n_super, n_items;  // n_items = B * H * n_super < 2**31 (checked by the launcher)
   float scale_log2;  // scale * log2(e): softmax in base 2
@@ -95,13 +99,27 @@ struct Item {
   int n;       // valid frames: 0 <= n <= frames
 };
 
+// A value of the packed-sequence work list (read-only for the whole launch).
+MSTR_DEV int work_value(const int* work, unsigned i) {
+#if defined(__CUDA_ARCH__)
+  return __ldg(work + i);
+#else
+  return work[i];
+#endif
+}
+
 template <class Cfg, class Args>
 MSTR_DEV Item locate(const Args& a, int item) {
   Item it;
   const unsigned rest = unsigned(item) / unsigned(a.H);
   it.h = unsigned(item) - rest * unsigned(a.H);
   const unsigned s = rest % unsigned(a.n_super);
-  it.b = rest / unsigned(a.n_super);
+  it.b = rest / unsigned(a.n_super);  // packed sequences: 0 (n_super = entries)
+  if (a.work != nullptr) {  // packed: the rows past the entry's are other sequences'
+    it.t0 = unsigned(work_value(a.work, s));  // >= 0 (checked): zero-extended, as s * F
+    it.n = it.frames = work_value(a.work, unsigned(a.n_super) + s);
+    return it;
+  }
   it.t0 = s * Cfg::F;
   const int64_t left = a.T_len - it.t0;
   it.frames = int(left < Cfg::F ? left : Cfg::F);

@@ -68,6 +68,12 @@ struct Geometry {
   int E;    // score entries: R * p
   float scale;
   const int* lengths;  // nullptr: every frame is valid
+  // Packed sequences (nullptr: padded batch, B = 1 otherwise): work-list entry e holds
+  // work_rows[e] valid frames from packed row work_start[e], as entry_tiles tiles of P frames
+  // (n_tiles = entries * entry_tiles); tile m of it holds the entry's frames m*P ...
+  const int* work_start = nullptr;
+  const int* work_rows = nullptr;
+  int entry_tiles = 1;
 };
 
 MSTR_HD int round_up(int x, int m) { return (x + m - 1) / m * m; }

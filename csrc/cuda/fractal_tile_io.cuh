@@ -59,6 +59,15 @@ MSTR_DEV TilePos tile_position(const Geometry& g, int64_t item) {
   tp.h = item % g.H;
   const int64_t rest = item / g.H;  // h fastest: neighbouring blocks read neighbouring memory
   const int64_t tile = rest % g.n_tiles;
+  if (g.work_start != nullptr) {  // packed sequences: the rows past the entry's are others'
+    const int64_t entry = tile / g.entry_tiles;
+    const int first = int(tile - entry * g.entry_tiles) * g.P;
+    const int left = g.work_rows[entry] - first;
+    tp.b = 0;
+    tp.t0 = int64_t(g.work_start[entry]) + first;
+    tp.T_tile = tp.n_tile = left < 0 ? 0 : (left > g.P ? g.P : left);
+    return tp;
+  }
   tp.b = rest / g.n_tiles;
   tp.t0 = tile * g.P;
   const int64_t left = g.T - tp.t0;

@@ -63,6 +63,9 @@ class Backend:
     # `fractal_attention_varlen_fwd(q, k, v, tiles, p, levels, scale)` and `..._bwd(dout, q, k,
     # v, tiles, p, levels, scale)` (ops/varlen.py).
     varlen_loader: Optional[Callable[[], object]] = field(repr=False, compare=False, default=None)
+    # Rows per entry of its packed-sequence work list for (p, levels), when not p**levels.
+    varlen_item_frames: Optional[Callable[[int, int], int]] = field(repr=False, compare=False,
+                                                                    default=None)
 
     def _load(self):
         # A plain memo, not functools.cached_property: Python <= 3.11's takes an RLock.
@@ -134,6 +137,13 @@ def _load_extension(device: str):
     return load
 
 
+def cuda_varlen_item_frames(p: int, levels: int) -> int:
+    """The `cuda` backend's work-list entry: one item of its specialised kernels, whole tiles
+    (csrc/cuda/fractal_spec_configs.h: tiles_per_item; _C.varlen_item_frames, tested equal)."""
+    tile = p ** levels
+    return tile * (1 if tile >= 64 else 96 // tile)
+
+
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 # Under TRITON_INTERPRET=1 Triton runs its kernels on CPU tensors (how CI tests them); `auto`
 # still never picks the interpreter for CPU inputs.
@@ -168,13 +178,15 @@ class Registry(dict):
 
 BACKENDS: Registry = Registry({b.name: b for b in (
     Backend("cuda", "fused CUDA C++ kernels (csrc/, mstr_kernels._C)", ("cuda",), _FLOATS,
-            loader=_load_extension("cuda"), call=EXTENSION),
+            loader=_load_extension("cuda"), call=EXTENSION, ops=_BOTH,
+            varlen_loader=_load_varlen("varlen_extension"),
+            varlen_item_frames=cuda_varlen_item_frames),
     Backend("triton", "fused Triton kernels, one launch forward and one backward",
             _TRITON_DEVICES, _FLOATS, loader=_load_triton, auto_devices=("cuda",), ops=_BOTH,
             varlen_loader=_load_varlen("triton_fractal_varlen")),
     Backend("cpu", "fused C++ CPU kernels with ATen parallel_for (csrc/)", ("cpu",),
             _FLOATS + (torch.float64,), loader=_load_extension("cpu"), call=EXTENSION, ops=_BOTH,
-            varlen_loader=_load_varlen("varlen_cpu")),
+            varlen_loader=_load_varlen("varlen_extension")),
     Backend("reference", "plain PyTorch ops, autograd by PyTorch", ("cpu", "cuda"),
             _FLOATS + (torch.float64,), fused=False, loader=_load_reference, call=PLAIN,
             ops=_BOTH, varlen_loader=_load_varlen("varlen_reference")),

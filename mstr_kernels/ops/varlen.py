@@ -3,7 +3,8 @@
 Sequences are concatenated along the first dimension and `cu_seqlens` marks where each
 starts, as in flash-attention's `flash_attn_varlen_func`. The op never crosses a tile of
 p**levels frames, so a packed batch only needs its tiles to restart at each sequence's first
-frame: every backend runs a work list of (first row, valid rows) per tile, built on the
+frame: every backend runs a work list of (first row, valid rows) per tile (per item of whole
+tiles where the backend's kernels take several: cuda), built on the
 device from `cu_seqlens` by `varlen_work_list` (a registered op, so its checks of the data run
 at run time under `torch.compile` too, and on a GPU as device-side assertions, never a host
 read). The list has a fixed length known on the host: an upper bound on the tiles,
@@ -235,8 +236,10 @@ def fractal_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                             op=FRACTAL_ATTENTION_VARLEN)
     scale = validation.default_scale(q.shape[-1], scale)
     tile = p ** levels
-    n_items = work_items(total, cu_seqlens.shape[0] - 1, tile, max_seqlen)
-    tiles = varlen_work_list(cu_seqlens, total, tile, n_items,
+    # Rows per work-list entry: a tile, or the backend's item of whole tiles (cuda).
+    entry = chosen.varlen_item_frames(p, levels) if chosen.varlen_item_frames else tile
+    n_items = work_items(total, cu_seqlens.shape[0] - 1, entry, max_seqlen)
+    tiles = varlen_work_list(cu_seqlens, total, entry, n_items,
                              -1 if max_seqlen is None else max_seqlen)
     if total == 0 or n_items == 0:
         return q.new_zeros(q.shape)

@@ -1,10 +1,12 @@
-"""The `cpu` backend's packed-sequence kernels (mstr_kernels._C, csrc/cpu): the padded
-kernels' tile code run over the work list of ops/varlen.py, one task per (item, head)."""
+"""The `cpu` and `cuda` backends' packed-sequence kernels (mstr_kernels._C): the padded kernels'
+tile code run over the work list of ops/varlen.py, on the CPU one task per (item, head), on CUDA
+one block item per (entry, head) of the specialised kernels (the general ones take each entry's
+tiles). The C++ entry dispatches on the device; the backend's loader has already checked that
+its part of the extension is built."""
 from __future__ import annotations
 
-from .extension import backend_module, _import_extension
+from .extension import _import_extension
 
-backend_module("cpu")  # ImportError with the reason if the extension is missing
 _C = _import_extension()
 
 
