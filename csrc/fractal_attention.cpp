@@ -294,12 +294,6 @@ bool cuda_built() {
 
 }  // namespace
 
-int64_t varlen_item_frames(int64_t p, int64_t levels) {
-  int64_t tile = 1;
-  for (int64_t l = 0; l < levels; ++l) tile *= p;
-  return tile * specialised::tiles_per_item(int(tile));
-}
-
 }  // namespace mstr_kernels
 
 TORCH_LIBRARY_FRAGMENT(mstr_kernels, m) {
@@ -347,7 +341,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("fractal_attention_varlen_bwd", &mstr_kernels::bwd_varlen,
         "fused backward of packed sequences (CPU and CUDA)", py::arg("dout"), py::arg("q"), py::arg("k"),
         py::arg("v"), py::arg("tiles"), py::arg("p"), py::arg("levels"), py::arg("scale"));
-  m.def("varlen_item_frames", &mstr_kernels::varlen_item_frames,
+  m.def("varlen_item_frames",
+        [](int64_t p, int64_t levels) { return mstr_kernels::varlen_item_frames(p, levels); },
         "rows per entry of the cuda backend's packed-sequence work list", py::arg("p"),
         py::arg("levels"));
   m.def("cpu_output_cache_stats", [] {

@@ -14,7 +14,8 @@ struct FractalParams {
   double scale;
   // CUDA, packed sequences only (fractal_attention_{fwd,bwd}_cuda): the int32 contiguous
   // (2, entries) work list on q's device, entry e = rows work_list[0][e] .. + work_list[1][e]
-  // (all valid, inside one sequence, at most varlen_item_frames(p, levels) rows).
+  // (all valid, inside one sequence, at most varlen_item_frames(p, levels) rows:
+  // cuda/fractal_spec_configs.h).
   at::Tensor work_list = {};
 };
 
@@ -35,9 +36,6 @@ void fractal_attention_varlen_bwd_cpu(const at::Tensor& dout, const at::Tensor& 
                                       const at::Tensor& k, const at::Tensor& v,
                                       const at::Tensor& tiles, const FractalParams& params,
                                       at::Tensor& dq, at::Tensor& dk, at::Tensor& dv);
-// The rows of one entry of the `cuda` backend's packed-sequence work list: whole items of the
-// specialised kernels (fractal_spec_configs.h), also run by the general kernels tile by tile.
-int64_t varlen_item_frames(int64_t p, int64_t levels);
 #ifdef MSTR_WITH_CUDA
 // Padded batches, or packed sequences where params.work_list is defined: then q, k, v are
 // (1, H, total, D) views of (total, H, D), outputs too, and lengths is undefined.

@@ -202,3 +202,68 @@ def test_spec_forward_is_deterministic(tile_on_host):
     a, _ = tile_on_host.spec_forward(q, k, v, lens, 3, 4, 0.125, 2)
     b, _ = tile_on_host.spec_forward(q, k, v, lens, 3, 4, 0.125, 3)
     assert torch.equal(a, b)
+
+
+# ---- packed sequences: the `cuda` backend's work list (fractal_attention_varlen) -------------
+
+def _packing(p, levels, seed):
+    """Lengths 0, 1, < p, tile - 1, tile, tile + 1, an item, a sequence longer than an item,
+    and random ones, shuffled; the work list built by the op's own code for the cuda backend
+    (entries of one specialised item: BACKENDS["cuda"].varlen_item_frames)."""
+    from mstr_kernels.ops import BACKENDS
+    from mstr_kernels.ops.varlen import varlen_work_list, work_items
+    g = torch.Generator().manual_seed(seed)
+    P, F = p ** levels, BACKENDS["cuda"].varlen_item_frames(p, levels)
+    lengths = [0, 1, p - 1, P - 1, P, P + 1, F, F + 1, 2 * F + 3, 0]
+    lengths += torch.randint(0, F + P, (3,), generator=g).tolist()
+    lengths = [lengths[i] for i in torch.randperm(len(lengths), generator=g).tolist()]
+    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+    cu[1:] = torch.tensor(lengths).cumsum(0)
+    total = sum(lengths)
+    tiles = varlen_work_list(cu, total, F, work_items(total, len(lengths), F, None), -1)
+    return lengths, cu.tolist(), tiles, g
+
+
+def _per_sequence_float64(q, k, v, dout, lengths, cu, p, levels, scale):
+    """[out, dq, dk, dv] (total, H, D) float64: each sequence alone through `exact`."""
+    parts = [[] for _ in range(4)]
+    for i, n in enumerate(lengths):
+        if n:
+            alone = [x[cu[i]:cu[i + 1]].transpose(0, 1)[None] for x in (q, k, v, dout)]
+            for part, r in zip(parts, exact(*alone, None, p, levels, scale)):
+                part.append(r[0].transpose(0, 1))
+    return [torch.cat(part) for part in parts]
+
+
+VARLEN_CASES = [
+    # p, levels, D, dtype, spec (the specialised kernels, else the general ones), budget KiB
+    (3, 4, 64, torch.bfloat16, True, 0),    # main configuration: one tile per item
+    (2, 5, 32, torch.float32, True, 0),     # three tiles per item
+    (3, 2, 32, torch.float16, True, 0),     # ten tiles per item
+    (3, 4, 64, torch.float32, False, 100),
+    (2, 5, 20, torch.float32, False, 3),    # chunked head dim, three tiles per entry
+    (3, 2, 7, torch.float16, False, 12),    # odd D, ten tiles per entry
+]
+
+
+@pytest.mark.parametrize("p,levels,D,dtype,spec,budget_kib", VARLEN_CASES)
+def test_varlen_work_list_matches_each_sequence_alone(tile_on_host, p, levels, D, dtype, spec,
+                                                      budget_kib):
+    """The specialised and general kernels' tile code over the packed work list of the cuda
+    backend: every sequence's output and gradients equal its own float64 fractal attention
+    (rows of other sequences read nowhere, every row written once: outputs start as NaN)."""
+    lengths, cu, tiles, g = _packing(p, levels, seed=p * 100 + levels * 10 + D)
+    total, H = sum(lengths), 2
+    qkv = torch.randn(total, 3, H, D, generator=g).to(dtype)  # views of one projection
+    q, k, v = qkv.unbind(1)
+    dout = torch.randn(total, H, D, generator=g).to(dtype)
+    scale = 1.0 / math.sqrt(D)
+    kw = dict(p=p, levels=levels, scale=scale, budget=budget_kib * 1024, grid=3)
+    out, = tile_on_host.varlen(False, spec, dout, q, k, v, tiles, **kw)
+    dq, dk, dv = tile_on_host.varlen(True, spec, dout, q, k, v, tiles, **kw)
+    ref = _per_sequence_float64(q, k, v, dout, lengths, cu, p, levels, scale)
+    for name, x, r in zip(("out", "dq", "dk", "dv"), (out, dq, dk, dv), ref):
+        assert x.shape == (total, H, D)
+        assert not torch.isnan(x).any(), f"{name} has NaN (a row was not written)"
+        err = rel_err(x, r)
+        assert err < SPEC_BOUND[dtype], f"{name}: error {err:.2e}"

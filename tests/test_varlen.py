@@ -15,6 +15,9 @@ from parity import SPEC_BOUND, f64_outputs, rel_err
 
 CPU_BUILT = available_backends()["cpu"] is None
 requires_cpu = pytest.mark.skipif(not CPU_BUILT, reason="mstr_kernels._C is not built")
+CUDA_MISSING = available_backends()["cuda"]  # the reason, or None
+requires_cuda_backend = pytest.mark.skipif(CUDA_MISSING is not None,
+                                           reason=f"backend 'cuda': {CUDA_MISSING}")
 TRITON = os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()
 FUSED = [pytest.param("cpu", marks=requires_cpu),
          pytest.param("triton", marks=pytest.mark.skipif(not TRITON, reason="no triton device"))]
@@ -79,16 +82,16 @@ def test_reference_equals_float64_loop_per_sequence(p, levels):
 
 
 def _check_against_padded(backend, lengths, p, levels, dtype, layout, g, H=2, D=4,
-                          max_seqlen=None, scale=None):
+                          max_seqlen=None, scale=None, device="cpu"):
     """Output and gradients of `backend` against the float64 padded reference of each sequence
     alone (the padded op is itself tested against the float64 loop)."""
     q, k, v = (x.requires_grad_(True) for x in
-               packed_qkv(sum(lengths), H, D, dtype, layout, generator=g))
-    cu = cu_of(lengths)
+               packed_qkv(sum(lengths), H, D, dtype, layout, generator=g, device=device))
+    cu = cu_of(lengths, device)
     out = fractal_attention_varlen(q, k, v, cu, max_seqlen=max_seqlen, p=p, levels=levels,
                                    scale=scale, backend=backend)
     assert out.shape == q.shape and out.dtype == dtype and out.is_contiguous()
-    dout = torch.randn(out.shape, generator=g, dtype=torch.float64).to(dtype)
+    dout = torch.randn(out.shape, generator=g, dtype=torch.float64).to(device, dtype)
     grads = torch.autograd.grad(out, (q, k, v), dout)
     q64, k64, v64 = (x.detach().double().requires_grad_(True) for x in (q, k, v))
     padded = per_sequence(lambda *x: fractal_attention(*x, p=p, levels=levels, scale=scale,
@@ -192,14 +195,100 @@ def test_auto_picks_a_varlen_backend_and_the_registry_says_which():
     from mstr_kernels.ops import BACKENDS
     from mstr_kernels.ops.backends import FRACTAL_ATTENTION_VARLEN as VARLEN
     declared = {n for n, b in BACKENDS.items() if VARLEN in b.ops}
-    assert declared >= {"cpu", "triton", "reference"}
+    assert declared >= {"cpu", "triton", "reference", "cuda"}
     assert all(BACKENDS[n].varlen_loader is not None for n in declared)
     q4 = torch.zeros(1, 2, 5, 4)
     assert select_backend("auto", q4, 3, 2, op=VARLEN).name == ("cpu" if CPU_BUILT
                                                                  else "reference")
-    with pytest.raises(ValueError, match="backend='cuda'.*op 'fractal_attention_varlen' not "
-                       "implemented"):
+    with pytest.raises(ValueError, match="backend='cuda'.*device 'cpu' not in"):
         select_backend("cuda", q4, 3, 2, op=VARLEN)
+
+
+@requires_cpu
+def test_cuda_work_list_entry_is_the_compiled_item():
+    """ops/backends.py's mirror of the cuda backend's work-list entry (one item of the
+    specialised kernels, csrc/cuda/fractal_spec_configs.h) for every p and levels in range."""
+    from mstr_kernels.ops.backends import BACKENDS, cuda_varlen_item_frames
+    from mstr_kernels.ops.extension import _import_extension
+    from mstr_kernels.ops.validation import SPEC, max_levels
+    _C = _import_extension()
+    assert BACKENDS["cuda"].varlen_item_frames is cuda_varlen_item_frames
+    pairs = [(p, levels) for p in range(SPEC.p_min, SPEC.p_max + 1)
+             for levels in range(1, max_levels(p) + 1)]
+    assert len(pairs) > 20
+    for p, levels in pairs:
+        assert _C.varlen_item_frames(p, levels) == cuda_varlen_item_frames(p, levels), (p, levels)
+        assert cuda_varlen_item_frames(p, levels) % p ** levels == 0
+
+
+# --- the cuda backend (and auto) on a GPU: the specialised kernels over the work list where they
+# cover the inputs (D in {32, 64, 128}, 16-byte strides), the general kernels elsewhere --------
+
+CUDA_PACKINGS = [  # layout, (p, levels), D: which kernels
+    ("projection", (3, 4), 64),   # specialised, one tile per item
+    ("heads_outer", (2, 5), 32),  # specialised, three tiles per item
+    ("contiguous", (3, 2), 128),  # specialised, ten tiles per item
+    ("strided_d", (3, 4), 64),    # general: no 16-byte path
+    ("projection", (3, 3), 8),    # general: D not specialised, three tiles per entry
+    ("projection", (5, 2), 16),   # general: (p, levels) not specialised
+]
+
+
+@requires_cuda_backend
+@pytest.mark.parametrize("backend", ["cuda", "auto"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cuda_backends_match_padded_op(backend, dtype):
+    from mstr_kernels.ops.backends import BACKEND_ORDER, FRACTAL_ATTENTION_VARLEN
+    chosen = select_backend(backend, torch.zeros(1, 2, 5, 64, device="cuda", dtype=dtype), 3, 4,
+                            op=FRACTAL_ATTENTION_VARLEN).name
+    # auto: the first in the registry's order that runs it (the cuda backend counts among them)
+    assert chosen == backend or (backend == "auto" and
+                                 BACKEND_ORDER.index(chosen) <= BACKEND_ORDER.index("cuda"))
+    g = torch.Generator().manual_seed(28)
+    for layout, (p, levels), D in CUDA_PACKINGS:
+        tile = p ** levels
+        lengths = random_packing(tile, p, g, n=4, longest=3 * tile + 2)
+        _check_against_padded(backend, lengths, p, levels, dtype, layout, g, D=D, device="cuda")
+    _check_against_padded(backend, [2, 7, 0, 9], 3, 4, dtype, "projection", g, D=64,
+                          max_seqlen=9, device="cuda")  # max_seqlen bounds the work list
+
+
+@requires_cuda_backend
+def test_cuda_backend_is_deterministic_and_reads_nothing_on_the_host():
+    g = torch.Generator().manual_seed(29)
+    lengths = [3, 200, 0, 81, 82, 1]
+    q, k, v = (x.requires_grad_(True) for x in
+               packed_qkv(sum(lengths), 2, 64, torch.bfloat16, generator=g, device="cuda"))
+    cu = cu_of(lengths, "cuda")
+    runs = []
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # a host read of cu_seqlens would raise
+    try:
+        for max_seqlen in (None, 200, 400):
+            out = fractal_attention_varlen(q, k, v, cu, max_seqlen=max_seqlen, p=3, levels=4,
+                                           backend="cuda")
+            runs.append((out, *torch.autograd.grad(out, (q, k, v), torch.ones_like(out))))
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            assert torch.equal(a, b)
+
+
+@requires_cuda_backend
+def test_cuda_bad_cu_seqlens_is_a_device_side_assertion():
+    """Refused on the GPU without a host read; the assertion ends the process's CUDA context,
+    so it runs in a child process."""
+    code = ("import torch, mstr_kernels\n"
+            "q = torch.randn(10, 1, 64, device='cuda')\n"
+            "cu = torch.tensor([0, 6, 4, 10], dtype=torch.int32, device='cuda')\n"
+            "out = mstr_kernels.fractal_attention_varlen(q, q, q, cu, p=3, levels=4, "
+            "backend='cuda')\n"
+            "torch.cuda.synchronize()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode != 0
+    assert "device-side assert" in done.stderr or "non-decreasing" in done.stderr, done.stderr
 
 
 # Inductor on the path users get (auto: the fused cpu op); the reference's gathers and levels

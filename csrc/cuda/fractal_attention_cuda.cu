@@ -15,6 +15,7 @@
 #include <mutex>
 
 #include "../fractal_attention.h"
+#include "fractal_spec_configs.h"
 #include "fractal_spec_launch.h"
 #include "fractal_tile.cuh"
 
@@ -98,10 +99,8 @@ Geometry make_geometry(const at::Tensor& q, const at::Tensor& lengths, const Fra
   TORCH_CHECK(g.DC > 0, "fractal attention (cuda): p**levels=", g.P, " needs more shared memory"
               " than the device has (", device_limit, " bytes per block)");
   if (prm.work_list.defined()) {  // packed sequences: the entries' tiles (B = 1)
-    g.work_start = prm.work_list.data_ptr<int>();
-    g.work_rows = g.work_start + prm.work_list.size(1);
-    g.entry_tiles = int(varlen_item_frames(prm.p, prm.levels) / g.P);
-    g.n_tiles = prm.work_list.size(1) * g.entry_tiles;
+    tile::use_work_list(g, prm.work_list.data_ptr<int>(), prm.work_list.size(1),
+                        varlen_item_frames(prm.p, prm.levels));
   }
   return g;
 }

@@ -115,15 +115,12 @@ MSTR_DEV Item locate(const Args& a, int item) {
   it.h = unsigned(item) - rest * unsigned(a.H);
   const unsigned s = rest % unsigned(a.n_super);
   it.b = rest / unsigned(a.n_super);  // packed sequences: 0 (n_super = entries)
-  if (a.work != nullptr) {  // packed: the rows past the entry's are other sequences'
-    it.t0 = unsigned(work_value(a.work, s));  // >= 0 (checked): zero-extended, as s * F
-    it.n = it.frames = work_value(a.work, unsigned(a.n_super) + s);
-    return it;
-  }
-  it.t0 = s * Cfg::F;
-  const int64_t left = a.T_len - it.t0;
+  // Packed: the entry's rows end the item (the rows past them are other sequences'), all valid.
+  const bool packed = a.work != nullptr;
+  it.t0 = packed ? unsigned(work_value(a.work, s)) : s * Cfg::F;  // >= 0 (checked)
+  const int64_t left = packed ? work_value(a.work, unsigned(a.n_super) + s) : a.T_len - it.t0;
   it.frames = int(left < Cfg::F ? left : Cfg::F);
-  const int64_t len = a.lengths ? int64_t(a.lengths[it.b]) : a.T_len;
+  const int64_t len = packed ? it.t0 + it.frames : a.lengths ? int64_t(a.lengths[it.b]) : a.T_len;
   const int64_t valid = len - it.t0;
   it.n = int(valid < 0 ? 0 : (valid > it.frames ? it.frames : valid));
   return it;

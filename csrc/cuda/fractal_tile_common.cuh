@@ -76,6 +76,15 @@ struct Geometry {
   int entry_tiles = 1;
 };
 
+// Packed sequences: `work` the (2, entries) work list of entries of entry_frames rows (whole
+// tiles), on the device (launcher) or the host (tests/cuda_host).
+inline void use_work_list(Geometry& g, const int* work, int64_t entries, int64_t entry_frames) {
+  g.work_start = work;
+  g.work_rows = work + entries;
+  g.entry_tiles = int(entry_frames / g.P);
+  g.n_tiles = entries * g.entry_tiles;
+}
+
 MSTR_HD int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
 // Row stride for chunks of dc columns.

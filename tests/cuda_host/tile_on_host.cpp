@@ -56,15 +56,20 @@ void run_blocks(int64_t n_items, int nthreads, int64_t smem_bytes, Body body) {
   for (auto& th : threads) th.join();
 }
 
+// `work`: a packed-sequence work list (2, entries) of the `cuda` backend (q, k, v then are
+// (1, H, total, D) views), or undefined.
 template <typename T>
 Geometry plan(const at::Tensor& q, const c10::optional<at::Tensor>& lengths, int64_t p,
               int64_t levels, double scale, int64_t budget, int n_pyramids, bool dscores,
-              SmemLayout* layout) {
-  const Geometry g = plan_geometry(
+              SmemLayout* layout, const at::Tensor& work) {
+  Geometry g = plan_geometry(
       q.size(0), q.size(1), q.size(2), int(q.size(3)), int(p), int(levels), float(scale),
       lengths.has_value() ? lengths->data_ptr<int>() : nullptr, n_pyramids, dscores,
       VecWidth<T>::value, budget, 227 * 1024, layout);
   TORCH_CHECK(g.DC > 0, "no chunk of the head dim fits");
+  if (work.defined()) {
+    use_work_list(g, work.data_ptr<int>(), work.size(1), mstr_kernels::varlen_item_frames(p, levels));
+  }
   return g;
 }
 
@@ -72,9 +77,9 @@ template <typename T>
 std::vector<at::Tensor> forward_t(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                   const c10::optional<at::Tensor>& lengths, int64_t p,
                                   int64_t levels, double scale, int64_t budget,
-                                  int64_t nthreads) {
+                                  int64_t nthreads, const at::Tensor& work) {
   ForwardArgs<T> a;
-  a.g = plan<T>(q, lengths, p, levels, scale, budget, 2, false, &a.sl);
+  a.g = plan<T>(q, lengths, p, levels, scale, budget, 2, false, &a.sl, work);
   at::Tensor out = poisoned_out(q);
   a.q = tensor_ref<const T>(q);
   a.k = tensor_ref<const T>(k);
@@ -92,9 +97,9 @@ std::vector<at::Tensor> backward_t(const at::Tensor& dout, const at::Tensor& q,
                                    const at::Tensor& k, const at::Tensor& v,
                                    const c10::optional<at::Tensor>& lengths, int64_t p,
                                    int64_t levels, double scale, int64_t budget,
-                                   int64_t nthreads) {
+                                   int64_t nthreads, const at::Tensor& work) {
   BackwardArgs<T> a;
-  a.g = plan<T>(q, lengths, p, levels, scale, budget, 4, true, &a.sl);
+  a.g = plan<T>(q, lengths, p, levels, scale, budget, 4, true, &a.sl, work);
   at::Tensor dq = poisoned_out(q), dk = poisoned_out(q), dv = poisoned_out(q);
   a.dout = tensor_ref<const T>(dout);
   a.q = tensor_ref<const T>(q);
@@ -113,12 +118,15 @@ std::vector<at::Tensor> backward_t(const at::Tensor& dout, const at::Tensor& q,
 // Returns (out, chunk width).
 std::vector<at::Tensor> forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                 const c10::optional<at::Tensor>& lengths, int64_t p,
-                                int64_t levels, double scale, int64_t budget, int64_t nthreads) {
+                                int64_t levels, double scale, int64_t budget, int64_t nthreads,
+                                const at::Tensor& work = {}) {
   switch (q.scalar_type()) {
-    case at::kFloat: return forward_t<float>(q, k, v, lengths, p, levels, scale, budget, nthreads);
-    case at::kHalf: return forward_t<c10::Half>(q, k, v, lengths, p, levels, scale, budget, nthreads);
+    case at::kFloat:
+      return forward_t<float>(q, k, v, lengths, p, levels, scale, budget, nthreads, work);
+    case at::kHalf:
+      return forward_t<c10::Half>(q, k, v, lengths, p, levels, scale, budget, nthreads, work);
     case at::kBFloat16:
-      return forward_t<c10::BFloat16>(q, k, v, lengths, p, levels, scale, budget, nthreads);
+      return forward_t<c10::BFloat16>(q, k, v, lengths, p, levels, scale, budget, nthreads, work);
     default: TORCH_CHECK(false, "dtype ", q.scalar_type(), " is not float32, float16 or bfloat16");
   }
 }
@@ -127,14 +135,16 @@ std::vector<at::Tensor> forward(const at::Tensor& q, const at::Tensor& k, const 
 std::vector<at::Tensor> backward(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
                                  const at::Tensor& v, const c10::optional<at::Tensor>& lengths,
                                  int64_t p, int64_t levels, double scale, int64_t budget,
-                                 int64_t nthreads) {
+                                 int64_t nthreads, const at::Tensor& work = {}) {
   switch (q.scalar_type()) {
     case at::kFloat:
-      return backward_t<float>(dout, q, k, v, lengths, p, levels, scale, budget, nthreads);
+      return backward_t<float>(dout, q, k, v, lengths, p, levels, scale, budget, nthreads, work);
     case at::kHalf:
-      return backward_t<c10::Half>(dout, q, k, v, lengths, p, levels, scale, budget, nthreads);
+      return backward_t<c10::Half>(dout, q, k, v, lengths, p, levels, scale, budget, nthreads,
+                                   work);
     case at::kBFloat16:
-      return backward_t<c10::BFloat16>(dout, q, k, v, lengths, p, levels, scale, budget, nthreads);
+      return backward_t<c10::BFloat16>(dout, q, k, v, lengths, p, levels, scale, budget, nthreads,
+                                       work);
     default: TORCH_CHECK(false, "dtype ", q.scalar_type(), " is not float32, float16 or bfloat16");
   }
 }
@@ -193,14 +203,19 @@ at::Tensor spec_info() {
                      int64_t(Cfg::stages)});
 }
 
+// As the launcher's set_geometry (fractal_spec_kernel.cuh); `work` as for plan().
 template <class Args>
 void spec_geometry(Args& a, const at::Tensor& q, const c10::optional<at::Tensor>& lengths,
-                   double scale, int F) {
+                   double scale, int F, const at::Tensor& work) {
   a.lengths = lengths.has_value() ? lengths->data_ptr<int>() : nullptr;
   a.scale_log2 = float(scale * 1.4426950408889634);
   a.T_len = q.size(2);
   a.H = int(q.size(1));
   a.n_super = int((a.T_len + F - 1) / F);
+  if (work.defined()) {
+    a.work = work.data_ptr<int>();
+    a.n_super = int(work.size(1));
+  }
   a.n_items = int(q.size(0)) * a.H * a.n_super;
 }
 
@@ -208,7 +223,7 @@ template <class Cfg, typename T>
 std::vector<at::Tensor> spec_forward_cfg(const at::Tensor& q, const at::Tensor& k,
                                          const at::Tensor& v,
                                          const c10::optional<at::Tensor>& lengths, double scale,
-                                         int64_t grid) {
+                                         int64_t grid, const at::Tensor& work) {
   if constexpr (!Cfg::fits) {
     TORCH_CHECK(false, "configuration does not fit shared memory");
   } else {
@@ -219,7 +234,7 @@ std::vector<at::Tensor> spec_forward_cfg(const at::Tensor& q, const at::Tensor& 
     a.v = tensor_ref<const T>(v);
     a.out = tensor_ref<T>(out);
     TORCH_CHECK(a.q.vec && a.k.vec && a.v.vec && a.out.vec, "inputs do not allow 16-byte copies");
-    spec_geometry(a, q, lengths, scale, Cfg::F);
+    spec_geometry(a, q, lengths, scale, Cfg::F, work);
     run_spec_grid<Cfg>(grid, [&](const HostWarpBlock& blk, unsigned char* smem, int b, int g) {
       spec::forward_block<Cfg>(blk, a, smem, b, g);
     });
@@ -231,7 +246,7 @@ template <class Cfg, typename T>
 std::vector<at::Tensor> spec_backward_cfg(const at::Tensor& dout, const at::Tensor& q,
                                           const at::Tensor& k, const at::Tensor& v,
                                           const c10::optional<at::Tensor>& lengths,
-                                          double scale, int64_t grid) {
+                                          double scale, int64_t grid, const at::Tensor& work) {
   if constexpr (!Cfg::fits) {
     TORCH_CHECK(false, "configuration does not fit shared memory");
   } else {
@@ -246,7 +261,7 @@ std::vector<at::Tensor> spec_backward_cfg(const at::Tensor& dout, const at::Tens
     a.dv = tensor_ref<T>(dv);
     TORCH_CHECK(a.q.vec && a.k.vec && a.v.vec && a.dout.vec && a.dq.vec,
                 "inputs do not allow 16-byte copies");
-    spec_geometry(a, q, lengths, scale, Cfg::F);
+    spec_geometry(a, q, lengths, scale, Cfg::F, work);
     a.scale = float(scale);
     run_spec_grid<Cfg>(grid, [&](const HostWarpBlock& blk, unsigned char* smem, int b, int g) {
       spec::backward_block<Cfg>(blk, a, smem, b, g);
@@ -259,11 +274,12 @@ template <typename T>
 std::vector<at::Tensor> spec_forward_t(const at::Tensor& q, const at::Tensor& k,
                                        const at::Tensor& v,
                                        const c10::optional<at::Tensor>& lengths, int64_t p,
-                                       int64_t levels, double scale, int64_t grid) {
+                                       int64_t levels, double scale, int64_t grid,
+                                       const at::Tensor& work) {
   const int64_t D = q.size(3);
 #define MSTR_HOST_CASE_D(d) \
-  if (D == d)                                                                             \
-    return spec_forward_cfg<spec::Config<T, P_, L_, d>, T>(q, k, v, lengths, scale, grid);
+  if (D == d)                                                                                   \
+    return spec_forward_cfg<spec::Config<T, P_, L_, d>, T>(q, k, v, lengths, scale, grid, work);
 #define MSTR_HOST_CASE_PL(pp, ll)        \
   if (p == pp && levels == ll) {         \
     constexpr int P_ = pp, L_ = ll;      \
@@ -279,12 +295,13 @@ template <typename T>
 std::vector<at::Tensor> spec_backward_t(const at::Tensor& dout, const at::Tensor& q,
                                         const at::Tensor& k, const at::Tensor& v,
                                         const c10::optional<at::Tensor>& lengths, int64_t p,
-                                        int64_t levels, double scale, int64_t grid) {
+                                        int64_t levels, double scale, int64_t grid,
+                                        const at::Tensor& work) {
   const int64_t D = q.size(3);
 #define MSTR_HOST_CASE_D(d)                                                                  \
   if (D == d)                                                                                \
     return spec_backward_cfg<spec::BwdConfig<T, P_, L_, d>, T>(dout, q, k, v, lengths, scale, \
-                                                               grid);
+                                                               grid, work);
 #define MSTR_HOST_CASE_PL(pp, ll)        \
   if (p == pp && levels == ll) {         \
     constexpr int P_ = pp, L_ = ll;      \
@@ -299,12 +316,14 @@ std::vector<at::Tensor> spec_backward_t(const at::Tensor& dout, const at::Tensor
 // Returns (out, [threads, shared-memory bytes, frames per item, stages]).
 std::vector<at::Tensor> spec_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                      const c10::optional<at::Tensor>& lengths, int64_t p,
-                                     int64_t levels, double scale, int64_t grid) {
+                                     int64_t levels, double scale, int64_t grid,
+                                     const at::Tensor& work = {}) {
   switch (q.scalar_type()) {
-    case at::kFloat: return spec_forward_t<float>(q, k, v, lengths, p, levels, scale, grid);
-    case at::kHalf: return spec_forward_t<c10::Half>(q, k, v, lengths, p, levels, scale, grid);
+    case at::kFloat: return spec_forward_t<float>(q, k, v, lengths, p, levels, scale, grid, work);
+    case at::kHalf:
+      return spec_forward_t<c10::Half>(q, k, v, lengths, p, levels, scale, grid, work);
     case at::kBFloat16:
-      return spec_forward_t<c10::BFloat16>(q, k, v, lengths, p, levels, scale, grid);
+      return spec_forward_t<c10::BFloat16>(q, k, v, lengths, p, levels, scale, grid, work);
     default: TORCH_CHECK(false, "dtype ", q.scalar_type(), " is not float32, float16 or bfloat16");
   }
 }
@@ -313,14 +332,15 @@ std::vector<at::Tensor> spec_forward(const at::Tensor& q, const at::Tensor& k, c
 std::vector<at::Tensor> spec_backward(const at::Tensor& dout, const at::Tensor& q,
                                       const at::Tensor& k, const at::Tensor& v,
                                       const c10::optional<at::Tensor>& lengths, int64_t p,
-                                      int64_t levels, double scale, int64_t grid) {
+                                      int64_t levels, double scale, int64_t grid,
+                                      const at::Tensor& work = {}) {
   switch (q.scalar_type()) {
     case at::kFloat:
-      return spec_backward_t<float>(dout, q, k, v, lengths, p, levels, scale, grid);
+      return spec_backward_t<float>(dout, q, k, v, lengths, p, levels, scale, grid, work);
     case at::kHalf:
-      return spec_backward_t<c10::Half>(dout, q, k, v, lengths, p, levels, scale, grid);
+      return spec_backward_t<c10::Half>(dout, q, k, v, lengths, p, levels, scale, grid, work);
     case at::kBFloat16:
-      return spec_backward_t<c10::BFloat16>(dout, q, k, v, lengths, p, levels, scale, grid);
+      return spec_backward_t<c10::BFloat16>(dout, q, k, v, lengths, p, levels, scale, grid, work);
     default: TORCH_CHECK(false, "dtype ", q.scalar_type(), " is not float32, float16 or bfloat16");
   }
 }
@@ -348,12 +368,61 @@ std::vector<std::vector<int64_t>> spec_configs() {
   return rows;
 }
 
+// ---- packed sequences: the work list of the `cuda` backend (fractal_attention.cpp's varlen entry)
+
+at::Tensor batch_of_one(const at::Tensor& x) { return x.transpose(0, 1).unsqueeze(0); }  // (1, H, total, D)
+at::Tensor packed(const at::Tensor& x) { return x.squeeze(0).transpose(0, 1); }  // (total, H, D)
+
+// q, k, v, dout (total, H, D), `tiles` the (2, entries) work list; `spec`: the specialised
+// kernels with `grid` blocks, else the general ones with (budget, nthreads). Returns (out,) or
+// (dq, dk, dv) (total, H, D), NaN where a row was not written.
+std::vector<at::Tensor> varlen(bool backward_pass, bool spec, const at::Tensor& dout,
+                               const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                               const at::Tensor& tiles, int64_t p, int64_t levels, double scale,
+                               int64_t budget, int64_t nthreads, int64_t grid) {
+  TORCH_CHECK(tiles.scalar_type() == at::kInt && tiles.dim() == 2 && tiles.size(0) == 2 &&
+              tiles.is_contiguous(), "tiles must be a contiguous int32 (2, entries) tensor");
+  const at::Tensor g1 = batch_of_one(dout), q1 = batch_of_one(q), k1 = batch_of_one(k),
+                   v1 = batch_of_one(v);
+  std::vector<at::Tensor> r =
+      backward_pass ? (spec ? spec_backward(g1, q1, k1, v1, c10::nullopt, p, levels, scale, grid, tiles)
+                            : backward(g1, q1, k1, v1, c10::nullopt, p, levels, scale, budget,
+                                       nthreads, tiles))
+                    : (spec ? spec_forward(q1, k1, v1, c10::nullopt, p, levels, scale, grid, tiles)
+                            : forward(q1, k1, v1, c10::nullopt, p, levels, scale, budget, nthreads,
+                                      tiles));
+  r.pop_back();  // the chunk width or the configuration
+  for (at::Tensor& x : r) x = packed(x);
+  return r;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &forward);
-  m.def("backward", &backward);
-  m.def("spec_forward", &spec_forward);
-  m.def("spec_backward", &spec_backward);
+  namespace py = pybind11;
+  m.def("forward", [](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                      const c10::optional<at::Tensor>& lengths, int64_t p, int64_t levels,
+                      double scale, int64_t budget, int64_t nthreads) {
+    return forward(q, k, v, lengths, p, levels, scale, budget, nthreads);
+  });
+  m.def("backward", [](const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+                       const at::Tensor& v, const c10::optional<at::Tensor>& lengths, int64_t p,
+                       int64_t levels, double scale, int64_t budget, int64_t nthreads) {
+    return backward(dout, q, k, v, lengths, p, levels, scale, budget, nthreads);
+  });
+  m.def("spec_forward", [](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                           const c10::optional<at::Tensor>& lengths, int64_t p, int64_t levels,
+                           double scale, int64_t grid) {
+    return spec_forward(q, k, v, lengths, p, levels, scale, grid);
+  });
+  m.def("spec_backward", [](const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+                            const at::Tensor& v, const c10::optional<at::Tensor>& lengths,
+                            int64_t p, int64_t levels, double scale, int64_t grid) {
+    return spec_backward(dout, q, k, v, lengths, p, levels, scale, grid);
+  });
+  m.def("varlen", &varlen, py::arg("backward"), py::arg("spec"), py::arg("dout"), py::arg("q"),
+        py::arg("k"), py::arg("v"), py::arg("tiles"), py::arg("p"), py::arg("levels"),
+        py::arg("scale"), py::arg("budget") = 100 * 1024, py::arg("nthreads") = 64,
+        py::arg("grid") = 2);
   m.def("spec_configs", &spec_configs);
 }
