@@ -9,6 +9,10 @@
 #   3. parity against the float64 loop: every specialised configuration
 #      (tests/test_cuda_specialised.py: partial tiles, lengths, NaN-filled output memory) and
 #      every GPU backend (scripts/gpu_parity.py);
+#   3b. packed sequences (step `packed`, ~60 s): fractal_attention_varlen's CUDA cases
+#      (tests/test_varlen.py -k cuda: the cuda backend's work list through the specialised and the
+#      general kernels, and auto) and benchmarks/packed_vs_padded.py on the cuda backend
+#      (packed-vs-padded.json);
 #   4. the op benchmark (mstr_kernels.bench) at B=32 H=16 D=64 bf16 p=3 levels=4 and
 #      T = 4096, 150, 224, 326, 1024: cuda, triton and SDPA (flash) with the same inputs;
 #   4b. issue 15's training figures (step `training`): the op's host overhead per call against
@@ -22,13 +26,13 @@
 #   7. a results file <gpu>-<date>-window.json under benchmarks/results/ (or $OUT when set: the
 #      device tool returns what is written there, at most 8 files: the summary and 6 in
 #      <stem>/) and a short table, printed last (scripts/gpu_window_summary.py).
-# GPU_WINDOW_STEPS selects steps (default "build report parity bench training ab ncu").
+# GPU_WINDOW_STEPS selects steps (default "build report parity packed bench training ab ncu").
 # GPU_WINDOW_DRY=1 runs only what needs no GPU (the summary of whatever is there), for checking.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 LIMIT_S=${GPU_WINDOW_LIMIT_S:-480}
-STEPS=" ${GPU_WINDOW_STEPS:-build report parity bench training ab ncu} "
+STEPS=" ${GPU_WINDOW_STEPS:-build report parity packed bench training ab ncu} "
 START=$SECONDS
 RESULTS=${OUT:-benchmarks/results}
 mkdir -p "$RESULTS"
@@ -84,6 +88,13 @@ if want parity; then
     step "parity: specialised configurations" 100 $PY tests/test_cuda_specialised.py
   fi
   step "parity: every GPU backend" 90 $PY scripts/gpu_parity.py --device cuda
+fi
+
+if want packed; then
+  step "packed: varlen parity on CUDA" 35 $PY -m pytest -q -p no:cacheprovider -rs \
+    tests/test_varlen.py -k cuda
+  step "packed: packed vs padded training" 25 $PY benchmarks/packed_vs_padded.py --device cuda \
+    --backend cuda --repeats 3 --json "$WORK/packed-vs-padded.json"
 fi
 
 want bench && step "benchmark vs SDPA" 110 $PY -m mstr_kernels.cli bench --device cuda \

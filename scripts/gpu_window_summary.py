@@ -1,5 +1,6 @@
 """Summary of one GPU window (scripts/gpu_window.sh): reads what its steps left in a folder
-(steps.txt, static.json, bench.json, model.json, host-overhead.json, ab.txt, ncu.txt), writes one results JSON and prints a
+(steps.txt, static.json, bench.json, model.json, host-overhead.json, packed-vs-padded.json,
+ab.txt, ncu.txt), writes one results JSON and prints a
 short table. Missing pieces are reported as missing, never filled in.
 
     python scripts/gpu_window_summary.py WORK_DIR --json RESULTS.json
@@ -104,10 +105,14 @@ def main(argv=None) -> int:
     model_path, host_path = work / "model.json", work / "host-overhead.json"
     model = json.loads(model_path.read_text()) if model_path.exists() else None
     host = json.loads(host_path.read_text()) if host_path.exists() else None
+    packed_path = work / "packed-vs-padded.json"
+    packed = json.loads(packed_path.read_text()) if packed_path.exists() else None
     result = {"steps": read_steps(work), "copy_gbs": copy_gbs, "bench": bench,
               "model_rows": model["model_rows"] if model else None,
               "model_targets": model["targets"] if model else None,
               "host_overhead": host["rows"] if host else None,
+              "packed_vs_padded": {"rows": packed["rows"], "ratios": packed["ratios"]}
+              if packed else None,
               "ab_forward": read_ab(work),
               "ncu": read_ncu_file(work / "ncu.txt"),
               "static": static}
@@ -145,6 +150,14 @@ def main(argv=None) -> int:
             print(f"[{t['status']}] {t['target']}: {t['value']:.3g} (target {t['wanted']})")
     if model is None:
         print("model rows: missing")
+    if packed:
+        print("packed vs padded (cuda): " + ", ".join(
+            f"{r['batching']} {r['frames_per_s']:.0f} frames/s" for r in packed["rows"])
+            + "; frames/s packed / padded "
+            + f"{packed['ratios']['packed_over_padded']:.2f}x, packed / bucketed "
+            + f"{packed['ratios']['packed_over_bucketed']:.2f}x")
+    else:
+        print("packed vs padded: missing")
     for variant, ab in result["ab_forward"].items():
         print(f"A/B forward {variant:>12}: median {ab['median_ms']:.3f} ms over rounds "
               + ", ".join(f"{t:.3f}" for t in ab["rounds_ms"]))

@@ -33,7 +33,30 @@ def test_dry_run_writes_a_summary_that_says_what_is_missing(tmp_path):
     assert len(results) == 1, list(tmp_path.iterdir())
     data = json.loads(results[0].read_text())
     assert data["bench"] == [] and data["model_rows"] is None and data["host_overhead"] is None
+    assert data["packed_vs_padded"] is None
     assert "benchmark: missing" in res.stdout and "model rows: missing" in res.stdout
+    assert "packed vs padded: missing" in res.stdout
+
+
+def test_packed_step_is_in_the_default_window():
+    text = SCRIPT.read_text()
+    default = text.split('STEPS=" ${GPU_WINDOW_STEPS:-')[1].split('}')[0].split()
+    assert "packed" in default
+    assert "tests/test_varlen.py -k cuda" in text and "benchmarks/packed_vs_padded.py" in text
+
+
+def test_summary_reads_the_packed_benchmark(tmp_path):
+    work = tmp_path / "w"
+    work.mkdir()
+    rows = [{"batching": b, "frames_per_s": f} for b, f in
+            (("padded", 1000.0), ("bucketed", 1500.0), ("packed", 2000.0))]
+    ratios = {"packed_over_padded": 2.0, "packed_over_bucketed": 2000.0 / 1500.0}
+    (work / "packed-vs-padded.json").write_text(json.dumps({"rows": rows, "ratios": ratios,
+                                                            "config": {}}))
+    data, printed = run_summary(work, tmp_path)
+    assert data["packed_vs_padded"] == {"rows": rows, "ratios": ratios}
+    assert "packed 2000 frames/s" in printed and "packed / padded 2.00x" in printed
+    assert "packed / bucketed 1.33x" in printed
 
 
 def test_summary_reads_training_figures(tmp_path):
