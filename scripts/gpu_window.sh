@@ -11,8 +11,8 @@
 #      every GPU backend (scripts/gpu_parity.py);
 #   3b. packed sequences (step `packed`, ~60 s): fractal_attention_varlen's CUDA cases
 #      (tests/test_varlen.py -k cuda: the cuda backend's work list through the specialised and the
-#      general kernels, and auto) and benchmarks/packed_vs_padded.py on the cuda backend
-#      (packed-vs-padded.json);
+#      general kernels, and auto) and benchmarks/packed_vs_padded.py on the cuda backend at the
+#      paper's layer size (packed-vs-padded.json);
 #   4. the op benchmark (mstr_kernels.bench) at B=32 H=16 D=64 bf16 p=3 levels=4 and
 #      T = 4096, 150, 224, 326, 1024: cuda, triton and SDPA (flash) with the same inputs;
 #   4b. issue 15's training figures (step `training`): the op's host overhead per call against
@@ -93,8 +93,11 @@ fi
 if want packed; then
   step "packed: varlen parity on CUDA" 35 $PY -m pytest -q -p no:cacheprovider -rs \
     tests/test_varlen.py -k cuda
+  # The paper's layer (F=1024, 16 heads: D=64, 4 layers), so that the steps are GPU work, not
+  # launches; float32, 96 utterances, 3 timed rounds.
   step "packed: packed vs padded training" 25 $PY benchmarks/packed_vs_padded.py --device cuda \
-    --backend cuda --repeats 3 --json "$WORK/packed-vs-padded.json"
+    --backend cuda --feature-dim 1024 --heads 16 --layers 4 --repeats 3 \
+    --json "$WORK/packed-vs-padded.json"
 fi
 
 want bench && step "benchmark vs SDPA" 110 $PY -m mstr_kernels.cli bench --device cuda \
