@@ -23,9 +23,9 @@
 #      (MSTR_KERNELS_CUDA_GENERAL) and triton, rounds interleaved (benchmarks/profile_op.py);
 #   6. ncu on one launch of each kernel (--clock-control none): DRAM bytes read and written,
 #      warp instructions, issue-active percentage, warp stall reasons;
-#   7. a results file <gpu>-<date>-window.json under benchmarks/results/ (or $OUT when set: the
-#      device tool returns what is written there, at most 8 files: the summary and 6 in
-#      <stem>/) and a short table, printed last (scripts/gpu_window_summary.py).
+#   7. a results file <gpu>-<date>-window.json under benchmarks/results/ and a short table,
+#      printed last (scripts/gpu_window_summary.py); the details in <stem>/ beside it, or, when
+#      $OUT is set (the device tool returns at most 8 files from there), in <stem>.tar.gz.
 # GPU_WINDOW_STEPS selects steps (default "build report parity packed bench training ab ncu").
 # GPU_WINDOW_DRY=1 runs only what needs no GPU (the summary of whatever is there), for checking.
 set -uo pipefail
@@ -149,4 +149,12 @@ if want ncu; then
 fi
 
 $PY scripts/gpu_window_summary.py "$WORK" --json "$RESULTS/$STEM.json"
-echo "GPU window done in $(( SECONDS - START ))s: $RESULTS/$STEM.json (details in $WORK/)"
+if [ -n "${OUT:-}" ]; then
+  # The device tool returns at most 8 files from $OUT: the summary and one archive of $WORK
+  # (unpack it into benchmarks/results/ to commit the details).
+  echo "GPU window done in $(( SECONDS - START ))s: $RESULTS/$STEM.json (details in $STEM.tar.gz)"
+  sleep 1  # let tee write the last lines of window.log
+  tar -czf "$RESULTS/$STEM.tar.gz" -C "$RESULTS" "$STEM" && rm -rf "$WORK"
+else
+  echo "GPU window done in $(( SECONDS - START ))s: $RESULTS/$STEM.json (details in $WORK/)"
+fi

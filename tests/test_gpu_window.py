@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,6 +32,13 @@ def test_dry_run_writes_a_summary_that_says_what_is_missing(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     results = list(tmp_path.glob("*-window.json"))
     assert len(results) == 1, list(tmp_path.iterdir())
+    # what the device tool brings back: at most 8 files, the details in one archive
+    files = [f for f in tmp_path.rglob("*") if f.is_file()]
+    assert len(files) <= 8, files
+    archive = results[0].with_name(results[0].stem + ".tar.gz")
+    with tarfile.open(archive) as tar:
+        names = {Path(n).name for n in tar.getnames()}
+    assert {"window.log", "steps.txt"} <= names, names
     data = json.loads(results[0].read_text())
     assert data["bench"] == [] and data["model_rows"] is None and data["host_overhead"] is None
     assert data["packed_vs_padded"] is None
