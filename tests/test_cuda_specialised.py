@@ -91,6 +91,45 @@ def check_dispatch():
     assert any("fractal_spec_bwd_kernel" in n for n in names), sorted(names)[:20]
 
 
+def check_variants():
+    """The A/B variants (MSTR_KERNELS_CUDA_VARIANT, read at every call): memory copies each
+    input row to its output row, gelu-erf is correct, arithmetic runs, other inputs are refused
+    by name, and unsetting the variable gives the full kernel back."""
+    import os
+    from mstr_kernels.ops import backends
+    module = backends.get_backend("cuda").module()
+    T, lengths = 300, [300, 130]
+    q, k, v, lens = _inputs(2, 4, T, 64, torch.bfloat16, lengths, seed=3)
+    dout = torch.randn(q.shape, device="cuda", dtype=torch.bfloat16)
+    scale = 0.125
+    ref = fractal_attention_f64(*(x.double().cpu() for x in (q, k, v)), 3, 4, lens.cpu(), scale)
+    try:
+        os.environ["MSTR_KERNELS_CUDA_VARIANT"] = "memory"
+        out = module.fractal_attention_fwd(q, k, v, lens, 3, 4, scale)
+        grads = module.fractal_attention_bwd(dout, q, k, v, lens, 3, 4, scale)
+        for got, src in zip((out, *grads), (q, q, k, v)):
+            want = src.clone()
+            want[1, :, lengths[1]:] = 0
+            assert torch.equal(got, want), "memory variant: not the input rows"
+        os.environ["MSTR_KERNELS_CUDA_VARIANT"] = "gelu-erf"
+        out = module.fractal_attention_fwd(q, k, v, lens, 3, 4, scale)
+        assert rel_err(out, ref) < SPEC_BOUND[torch.bfloat16]
+        os.environ["MSTR_KERNELS_CUDA_VARIANT"] = "arithmetic"
+        module.fractal_attention_fwd(q, k, v, lens, 3, 4, scale)
+        module.fractal_attention_bwd(dout, q, k, v, lens, 3, 4, scale)
+        torch.cuda.synchronize()
+        try:
+            module.fractal_attention_fwd(q.float(), k.float(), v.float(), lens, 3, 4, scale)
+        except RuntimeError as e:
+            assert "MSTR_KERNELS_CUDA_VARIANT=arithmetic" in str(e), e
+        else:
+            raise AssertionError("a variant ran on float32 inputs")
+    finally:
+        os.environ.pop("MSTR_KERNELS_CUDA_VARIANT", None)
+    out = module.fractal_attention_fwd(q, k, v, lens, 3, 4, scale)
+    assert rel_err(out, ref) < SPEC_BOUND[torch.bfloat16], "the full kernel after the variants"
+
+
 if pytest is not None:
     pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -104,6 +143,9 @@ if pytest is not None:
 
     def test_headline_runs_the_specialised_kernels():
         check_dispatch()
+
+    def test_variants_for_the_window_ab():
+        check_variants()
 
 
 if __name__ == "__main__":
@@ -122,11 +164,12 @@ if __name__ == "__main__":
         except AssertionError as e:
             failures += 1
             print(f"FAIL bwd p={case[0]} L={case[1]} D={case[2]} {case[3]}: {e}")
-    try:
-        check_dispatch()
-        print("ok   headline configuration runs fractal_spec_fwd_kernel and _bwd_kernel")
-    except AssertionError as e:
-        failures += 1
-        print(f"FAIL dispatch: {e}")
-    print(f"{failures} failure(s) of {len(SPEC_CASES) + len(SPEC_BWD_CASES) + 1}")
+    for name, check in (("dispatch", check_dispatch), ("variants", check_variants)):
+        try:
+            check()
+            print(f"ok   {name}")
+        except AssertionError as e:
+            failures += 1
+            print(f"FAIL {name}: {e}")
+    print(f"{failures} failure(s) of {len(SPEC_CASES) + len(SPEC_BWD_CASES) + 2}")
     sys.exit(1 if failures else 0)

@@ -197,6 +197,65 @@ def test_spec_backward_edges(tile_on_host, T, lengths, grid):
     _check_spec_backward(tile_on_host, dout, q, k, v, lens, 3, 4, grid)
 
 
+def test_item_division_by_a_constant(tile_on_host):
+    """The kernels divide item indices (< 2**31) by H and the tiles per sequence with a
+    multiplier set on the host (UDivisor): exact at the edges of every divisor's range."""
+    g = torch.Generator().manual_seed(3)
+    top = 2 ** 31 - 1
+    divisors = [1, 2, 3, 5, 7, 12, 16, 81, 641, 1000, 65535, 65536, 65537, 2 ** 30 - 1, 2 ** 30,
+                2 ** 30 + 1, 3 * 2 ** 29, top]
+    divisors += torch.randint(1, top, (40,), generator=g).tolist()
+    for d in divisors:
+        n = [0, 1, d - 1, d, d + 1, 2 * d - 1, 2 * d, top, top - 1]
+        n += [m * d + r for m in (3, 1000, top // d) for r in (-1, 0, 1)]
+        n += torch.randint(0, top, (200,), generator=g).tolist()
+        n = torch.tensor([x for x in n if 0 <= x <= top], dtype=torch.long)
+        assert torch.equal(tile_on_host.udiv(n, d), n // d), f"d={d}"
+
+
+@pytest.mark.parametrize("B,H,T,lengths", [(3, 3, 200, [200, 0, 97]), (5, 5, 90, None)])
+def test_spec_item_order_odd_heads(tile_on_host, B, H, T, lengths):
+    """Items (b, tile, h) with H and the tiles per sequence not powers of two, both passes."""
+    q, k, v, lens = _spec_inputs(B, H, T, 64, torch.bfloat16, lengths, seed=B * H)
+    _check_spec(tile_on_host, q, k, v, lens, 3, 4, grid=4)
+    dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(H)).to(torch.bfloat16)
+    _check_spec_backward(tile_on_host, dout, q, k, v, lens, 3, 4, grid=4)
+
+
+# The A/B variants of the headline kernels (specialised::Variant), which the GPU window times
+# (benchmarks/cuda_variants_ab.py): each does what its timing is taken to mean.
+FULL, MEMORY, ARITHMETIC, GELU_ERF = range(4)
+
+
+@pytest.mark.parametrize("backward", [False, True])
+def test_spec_variants_do_what_they_measure(tile_on_host, backward):
+    T, lengths = 200, [200, 97]
+    q, k, v, lens = _spec_inputs(2, 2, T, 64, torch.bfloat16, lengths, seed=11 + backward)
+    dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(5)).to(torch.bfloat16)
+    scale = 0.125
+
+    def run(variant):
+        return tile_on_host.spec_variant(backward, variant, dout, q, k, v, lens, scale, 2)[:-1]
+
+    full = run(FULL)
+    expected = exact(q, k, v, dout, lens, 3, 4, scale)
+    expected = expected[1:] if backward else expected[:1]
+    for got, ref in zip(full, expected):
+        assert rel_err(got, ref) < SPEC_BOUND[torch.bfloat16]
+    # gelu-erf: the erf form is correct too (within float32's bound, at bf16 inputs).
+    for got, ref in zip(run(GELU_ERF), expected):
+        assert rel_err(got, ref) < SPEC_BOUND[torch.bfloat16]
+    # memory: the loads and stores alone, each output row its input row (zero on padding).
+    for got, src in zip(run(MEMORY), (q, k, v)):
+        want = torch.nan_to_num(src.float(), nan=0.0)
+        for b, n in enumerate(lengths):
+            want[b, :, n:] = 0
+        assert torch.equal(got.float(), want)
+    # arithmetic: no global stores at all (the outputs keep their NaN poison).
+    for got in run(ARITHMETIC):
+        assert torch.isnan(got).all()
+
+
 def test_spec_forward_is_deterministic(tile_on_host):
     q, k, v, lens = _spec_inputs(2, 2, 200, 64, torch.float32, [200, 120], seed=7)
     a, _ = tile_on_host.spec_forward(q, k, v, lens, 3, 4, 0.125, 2)

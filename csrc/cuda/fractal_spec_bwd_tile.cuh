@@ -12,20 +12,8 @@
 namespace mstr_kernels {
 namespace specialised {
 
-// The block's thread index, read anew (not a value the compiler may keep from before a loop).
-template <class Block>
-MSTR_DEV int thread_index(const Block& blk) {
-#if defined(__CUDA_ARCH__)
-  int t;
-  asm volatile("mov.u32 %0, %%tid.x;" : "=r"(t));
-  return t;
-#else
-  return blk.tid;
-#endif
-}
-
-template <typename T, int kP, int kL, int kD>
-using BwdConfig = Config<T, kP, kL, kD, 4, 3>;
+template <typename T, int kP, int kL, int kD, Variant kVariant = Variant::kFull>
+using BwdConfig = Config<T, kP, kL, kD, 4, 3, kVariant>;
 
 template <typename T>
 struct BackwardArgs {
@@ -35,6 +23,7 @@ struct BackwardArgs {
   const int* work = nullptr;  // packed sequences, as ForwardArgs
   int64_t T_len;
   int H, n_super, n_items;
+  UDivisor by_H, by_super;
   float scale_log2;  // scale * log2(e)
   float scale;
   MSTR_DEV const TensorRef<const T>& input(int x) const {
@@ -57,11 +46,12 @@ MSTR_DEV float gelu_erf_grad(float x) {
   return fmaf(x * 0.39894228040143268f, gauss, cdf);
 }
 
+// (1 + th) / 2 + x (1 - th^2) u'(x) / 2 with u the tanh argument: four FMAs after tanh.
 MSTR_DEV float gelu_tanh_grad(float x) {
   const float x2 = x * x;
   const float th = tanh_fast(x * fmaf(0.0356774081f, x2, 0.7978845608f));
-  const float du = fmaf(0.1070322243f, x2, 0.7978845608f);  // d/dx of the tanh argument
-  return fmaf(0.5f, th, 0.5f) + 0.5f * x * fmaf(-th, th, 1.0f) * du;
+  const float half_du = fmaf(0.05351611215f, x2, 0.3989422804f);  // u'(x) / 2
+  return fmaf(x * half_du, fmaf(-th, th, 1.0f), fmaf(0.5f, th, 0.5f));
 }
 
 template <Gelu kForm>
@@ -73,15 +63,35 @@ MSTR_DEV float gelu_grad(float x) {
   }
 }
 
-// One window of p rows (means = rows x inv): the gradients of the rows' means, times inv (each
-// frame's share). Rows come from `load(x, i, row)` (x: 0 q, 1 k, 2 v, 3 dout-sum), results go to
-// `emit(x, i, row)` (x: 0 dq, 1 dk, 2 dv). All lanes of the warp take part (butterflies).
-template <class Cfg, class Block, class Load, class Emit>
+// One window of p rows (means = sums x inv): the gradients of the rows' means, times inv (each
+// frame's share). Rows come from `load(x, i, row)` (x: 0 q, 1 k, 2 v, 3 dout-sum: sums, not
+// means), results go to `emit(x, i, row)` (x: 0 dq, 1 dk, 2 dv). kFrames: the rows are frames
+// (inv is 1, not applied) and each gradient row starts from `start(x, i, acc)` (the shares of
+// the pooled rows above: the additions ride on the FMAs). All lanes of the warp take part
+// (butterflies).
+// The counts are folded into the p x p weights rather than applied per channel: with
+// Pn_ij = P_ij inv_j, Y_i = sum_j Pn_ij V_j, dP_ij = inv_j <dY_i, V_j>, dV share_j =
+// sum_i Pn_ij dY_i, and the shares of dq_i and dk_j both take A_ij = scale inv_i inv_j dS_ij =
+// scale inv_i Pn_ij (inv_j <dY_i, V_j> - sum_m Pn_im <dY_i, V_m>) times the sums of k and q.
+template <class Cfg, bool kFrames, class Block, class Load, class Start, class Emit>
 MSTR_DEV void window_backward(const Block& blk, float scale_log2, float scale,
                               const float (&inv)[Cfg::p], const bool (&valid)[Cfg::p],
-                              Load&& load, Emit&& emit) {
+                              Load&& load, Start&& start, Emit&& emit) {
   constexpr int p = Cfg::p, G = Cfg::G, C = kChannels;
-  float P[p][p];
+  // out[e] = (start or 0) + sum_m wt[m] row_m[e], the rows given by rows(m, e).
+  auto combine = [&](int x, int i, auto&& wt, auto&& rows) {
+    float out[C];
+    if constexpr (kFrames) start(x, i, out);
+#pragma unroll
+    for (int e = 0; e < C; ++e) {
+      float acc = kFrames ? fmaf(wt(0), rows(0, e), out[e]) : wt(0) * rows(0, e);
+#pragma unroll
+      for (int m = 1; m < p; ++m) acc = fmaf(wt(m), rows(m, e), acc);
+      out[e] = acc;
+    }
+    emit(x, i, out);
+  };
+  float P[p][p];  // the softmax weights, then Pn = P_ij inv_j
   {
     float qr[p][C], kr[p][C];
 #pragma unroll
@@ -103,23 +113,28 @@ MSTR_DEV void window_backward(const Block& blk, float scale_log2, float scale,
     lane_sum<G>(blk, part);
 #pragma unroll
     for (int i = 0; i < p; ++i) {
-      const float row_scale = scale_log2 * inv[i];
+      const float row_scale = kFrames ? scale_log2 : scale_log2 * inv[i];
 #pragma unroll
-      for (int j = 0; j < p; ++j) P[i][j] = part[i * p + j] * (row_scale * inv[j]);
+      for (int j = 0; j < p; ++j) {
+        P[i][j] = part[i * p + j] * (kFrames ? row_scale : row_scale * inv[j]);
+      }
     }
   }
   window_softmax<p>(P, valid);
-  // dY_i = dG_i GELU'(Y_i), Y_i = sum_j P_ij Vmean_j; then dP_ij = <dY_i, Vmean_j>.
+  if constexpr (!kFrames) {
+#pragma unroll
+    for (int i = 0; i < p; ++i) {
+#pragma unroll
+      for (int j = 0; j < p; ++j) P[i][j] *= inv[j];
+    }
+  }
+  // dY_i = dG_i GELU'(Y_i); then <dY_i, V_j> (dP_ij / inv_j).
   float dy[p][C];
   float dP[p][p];
   {
     float vr[p][C];
 #pragma unroll
-    for (int j = 0; j < p; ++j) {
-      load(2, j, vr[j]);
-#pragma unroll
-      for (int e = 0; e < C; ++e) vr[j][e] *= inv[j];
-    }
+    for (int j = 0; j < p; ++j) load(2, j, vr[j]);
 #pragma unroll
     for (int i = 0; i < p; ++i) {
       float g[C];
@@ -150,44 +165,32 @@ MSTR_DEV void window_backward(const Block& blk, float scale_log2, float scale,
       for (int j = 0; j < p; ++j) dP[i][j] = part[i * p + j];
     }
   }
-  // dVmean_j = sum_i P_ij dY_i; share = dVmean_j * inv_j.
+  // dV share_j = sum_i Pn_ij dY_i.
 #pragma unroll
   for (int j = 0; j < p; ++j) {
-    float out[C];
-#pragma unroll
-    for (int e = 0; e < C; ++e) {
-      float acc = P[0][j] * dy[0][e];
-#pragma unroll
-      for (int i = 1; i < p; ++i) acc = fmaf(P[i][j], dy[i][e], acc);
-      out[e] = acc * inv[j];
-    }
-    emit(2, j, out);
+    combine(2, j, [&](int i) { return P[i][j]; }, [&](int i, int e) { return dy[i][e]; });
   }
-  // dS_ij = scale P_ij (dP_ij - sum_m P_im dP_im), in place of dP.
+  // A_ij in place of dP.
 #pragma unroll
   for (int i = 0; i < p; ++i) {
     float w = P[i][0] * dP[i][0];
 #pragma unroll
     for (int j = 1; j < p; ++j) w = fmaf(P[i][j], dP[i][j], w);
+    const float row_scale = kFrames ? scale : scale * inv[i];
 #pragma unroll
-    for (int j = 0; j < p; ++j) dP[i][j] = scale * P[i][j] * (dP[i][j] - w);
+    for (int j = 0; j < p; ++j) {
+      const float d = kFrames ? dP[i][j] - w : fmaf(inv[j], dP[i][j], -w);
+      dP[i][j] = (row_scale * P[i][j]) * d;
+    }
   }
-  // dQmean_i = sum_j dS_ij Kmean_j, dKmean_j = sum_i dS_ij Qmean_i; shares times inv.
+  // dq share_i = sum_j A_ij K_j, dk share_j = sum_i A_ij Q_i (sums of k and q).
   {
     float kr[p][C];
 #pragma unroll
     for (int j = 0; j < p; ++j) load(1, j, kr[j]);
 #pragma unroll
     for (int i = 0; i < p; ++i) {
-      float out[C];
-#pragma unroll
-      for (int e = 0; e < C; ++e) {
-        float acc = (dP[i][0] * inv[0]) * kr[0][e];
-#pragma unroll
-        for (int j = 1; j < p; ++j) acc = fmaf(dP[i][j] * inv[j], kr[j][e], acc);
-        out[e] = acc * inv[i];
-      }
-      emit(0, i, out);
+      combine(0, i, [&](int j) { return dP[i][j]; }, [&](int j, int e) { return kr[j][e]; });
     }
   }
   {
@@ -196,15 +199,7 @@ MSTR_DEV void window_backward(const Block& blk, float scale_log2, float scale,
     for (int i = 0; i < p; ++i) load(0, i, qr[i]);
 #pragma unroll
     for (int j = 0; j < p; ++j) {
-      float out[C];
-#pragma unroll
-      for (int e = 0; e < C; ++e) {
-        float acc = (dP[0][j] * inv[0]) * qr[0][e];
-#pragma unroll
-        for (int i = 1; i < p; ++i) acc = fmaf(dP[i][j] * inv[i], qr[i][e], acc);
-        out[e] = acc * inv[j];
-      }
-      emit(1, j, out);
+      combine(1, j, [&](int i) { return dP[i][j]; }, [&](int i, int e) { return qr[i][e]; });
     }
   }
 }
@@ -217,11 +212,17 @@ MSTR_DEV void backward_item(const Block& blk, const BackwardArgs<T>& a, const T*
   float* psum = pooled;              // [4][R][D]: pooled sums of q, k, v, dout
   float* pgrad = pooled + 4 * R * D;  // [3][R][D]: shares of dq, dk, dv of the pooled rows
   const int c = blk.tid % G;
+  if constexpr (Cfg::variant == Variant::kMemory) {  // dq, dk, dv rows: the q, k, v rows
+    copy_rows_out<Cfg, 3>(blk, raw, item_pos, [&](int x) -> const TensorRef<T>& {
+      return x == 0 ? a.dq : (x == 1 ? a.dk : a.dv);
+    });
+    return;
+  }
   pooled_sums<Cfg>(blk, raw, psum, c);
 
   if constexpr (L >= 2) {
     const int n = item_pos.n;
-    const int tid = thread_index(blk), c0 = tid % G;
+    const int tid = thread_index<Cfg>(blk), c0 = tid % G;
 #pragma unroll
     for (int r = 0; r < Cfg::rounds_pool; ++r) {
       const int k = tid + r * Cfg::threads;
@@ -248,11 +249,12 @@ MSTR_DEV void backward_item(const Block& blk, const BackwardArgs<T>& a, const T*
         valid[i] = cnt > 0;
         inv[i] = valid[i] ? rcp(float(cnt)) : 0.0f;
       }
-      window_backward<Cfg>(
+      window_backward<Cfg, false>(
           blk, a.scale_log2, a.scale, inv, valid,
           [&](int x, int i, float (&row)[C]) {
             load_pooled<Cfg>(psum + (x * R + j0 + i) * D, c0, row);
           },
+          [](int, int, float (&)[C]) {},
           [&](int x, int i, const float (&row)[C]) {
             if (active) store_pooled<Cfg>(pgrad + (x * R + j0 + i) * D, c0, row);
           });
@@ -264,7 +266,7 @@ MSTR_DEV void backward_item(const Block& blk, const BackwardArgs<T>& a, const T*
   // that the compiler does not hoist this phase's per-thread offsets out of the item loop
   // (registers: the pooled phase is the peak).
   const Item it = L >= 2 ? locate<Cfg>(a, item) : item_pos;
-  const int tid = thread_index(blk);
+  const int tid = thread_index<Cfg>(blk);
 #pragma unroll
   for (int r = 0; r < Cfg::rounds1; ++r) {
     const int k = tid + r * Cfg::threads;
@@ -278,13 +280,23 @@ MSTR_DEV void backward_item(const Block& blk, const BackwardArgs<T>& a, const T*
       inv[i] = 1.0f;
     }
     // Shares of the pooled rows above this window, for the tensor being emitted: loaded when
-    // its first row is (each tensor's rows are emitted together), 8 values live, not 24.
+    // its first row is (each tensor's rows are emitted together), 8 values live, not 24. The
+    // tensor's first gradient row of the window is found then too; the others are steps of the
+    // row stride (not each computed from scratch).
     const int c1 = tid % G;
+    // The rows' pointer kept from the first row of each tensor (fewer instructions), except
+    // at p=3 levels=3, where it made ptxas spill at the 128-register cap (2 blocks per SM).
+    constexpr bool kRowPointer = !(p == 3 && L == 3);
     float up[C];
+    T* dst_row = nullptr;
     auto load_up = [&](int x) {
+      if constexpr (L >= 2) {
+        load_pooled<Cfg>(pgrad + (x * R + w) * D, c1, up);  // level 2: row w
+      } else {
 #pragma unroll
-      for (int e = 0; e < C; ++e) up[e] = 0.0f;
-      static_for<2, L + 1>([&](auto lc) {
+        for (int e = 0; e < C; ++e) up[e] = 0.0f;
+      }
+      static_for<3, L + 1>([&](auto lc) {
         constexpr int l = decltype(lc)::value;
         constexpr int span = ipow(p, l - 2), off = Cfg::pool_off(l);
         float g[C];
@@ -292,22 +304,28 @@ MSTR_DEV void backward_item(const Block& blk, const BackwardArgs<T>& a, const T*
 #pragma unroll
         for (int e = 0; e < C; ++e) up[e] += g[e];
       });
+      if constexpr (kRowPointer) {
+        const TensorRef<T>& dst = x == 0 ? a.dq : (x == 1 ? a.dk : a.dv);
+        dst_row = dst.ptr + it.b * dst.sb + it.h * dst.sh + (it.t0 + w * p) * dst.st + c1 * Cfg::W;
+      }
     };
-    window_backward<Cfg>(
+    window_backward<Cfg, true>(
         blk, a.scale_log2, a.scale, inv, valid,
         [&](int x, int i, float (&row)[C]) {
           load_raw<Cfg>(raw + (x * F + w * p + i) * D, c1, row);
         },
-        [&](int x, int i, const float (&row)[C]) {
+        [&](int x, int i, float (&acc)[C]) {
           if (i == 0) load_up(x);
-          const int t = w * p + i;
-          if (!(active && t < it.frames)) return;
-          float out[C];
 #pragma unroll
-          for (int e = 0; e < C; ++e) out[e] = row[e] + up[e];
+          for (int e = 0; e < C; ++e) acc[e] = up[e];
+        },
+        [&](int x, int i, const float (&row)[C]) {
+          if (!(active && w * p + i < it.frames && writes_outputs<Cfg>(a))) return;
           const TensorRef<T>& dst = x == 0 ? a.dq : (x == 1 ? a.dk : a.dv);
-          store_out<Cfg>(dst.ptr + it.b * dst.sb + it.h * dst.sh + (it.t0 + t) * dst.st, c1, out,
-                         valid[i]);
+          T* const at = kRowPointer ? dst_row + i * dst.st
+                                    : dst.ptr + it.b * dst.sb + it.h * dst.sh +
+                                          (it.t0 + w * p + i) * dst.st + c1 * Cfg::W;
+          store_out<Cfg>(at, row, valid[i]);
         });
   }
 }

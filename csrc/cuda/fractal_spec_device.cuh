@@ -34,6 +34,11 @@ constexpr int kSmemLimit = 227 * 1024;       // sm_90 opt-in per block
 
 enum class Gelu { kErf, kTanh };  // kTanh: hardware tanh form, half precision only
 
+// What a kernel does (A/B of the design in the GPU window; only kFull is correct): kMemory the
+// copies in and the output rows out (each output row its input row), kArithmetic everything
+// but the global copies and stores, kGeluErf the full kernel with the erf-form GELU.
+enum class Variant { kFull, kMemory, kArithmetic, kGeluErf };
+
 // ---- arithmetic -----------------------------------------------------------------------------
 
 MSTR_DEV float ex2(float x) {
@@ -68,7 +73,8 @@ MSTR_DEV float tanh_fast(float x) {
 
 // GELU, erf form: Abramowitz-Stegun 7.1.26 for erfc (|error| < 1.5e-7), the negative tail as
 // poly * exp(-z^2) directly (no cancellation).
-MSTR_DEV float gelu_erf(float x) {
+// GELU(x) = x Phi(x); these give Phi.
+MSTR_DEV float gelu_erf_phi(float x) {
   const float z = fabsf(x) * 0.70710678118654752f;
   const float t = rcp(fmaf(0.3275911f, z, 1.0f));
   float poly = 1.061405429f;
@@ -77,23 +83,50 @@ MSTR_DEV float gelu_erf(float x) {
   poly = fmaf(poly, t, -0.284496736f);
   poly = fmaf(poly, t, 0.254829592f);
   const float tail = 0.5f * poly * t * ex2(-z * z * 1.4426950408889634f);  // erfc(z) / 2
-  return x * (x >= 0.0f ? 1.0f - tail : tail);
+  return x >= 0.0f ? 1.0f - tail : tail;
 }
 
 // GELU, tanh form: x * (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2. Within the bfloat16 and
 // float16 bounds of SPEC section 1, not float32's: used for half-precision inputs only.
-MSTR_DEV float gelu_tanh(float x) {
+MSTR_DEV float gelu_tanh_phi(float x) {
   const float u = x * fmaf(0.0356774081f, x * x, 0.7978845608f);
-  return x * fmaf(0.5f, tanh_fast(u), 0.5f);
+  return fmaf(0.5f, tanh_fast(u), 0.5f);
+}
+
+// GELU(x) + add (one FMA: the sum of the levels rides on GELU's last multiply).
+template <Gelu kForm>
+MSTR_DEV float gelu_add(float x, float add) {
+  return fmaf(x, kForm == Gelu::kTanh ? gelu_tanh_phi(x) : gelu_erf_phi(x), add);
 }
 
 template <Gelu kForm>
 MSTR_DEV float gelu(float x) {
-  if constexpr (kForm == Gelu::kTanh) {
-    return gelu_tanh(x);
-  } else {
-    return gelu_erf(x);
+  return x * (kForm == Gelu::kTanh ? gelu_tanh_phi(x) : gelu_erf_phi(x));
+}
+
+// ---- division by a run-time constant ---------------------------------------------------------
+
+// n / d for 0 <= n < 2**31 and 1 <= d < 2**31 as one 64-bit multiply and a shift, the
+// multiplier set on the host (the kernels divide the item index by H and the tiles per
+// sequence: an integer division is ~20 instructions). With L = ceil(log2 d),
+// mul = ceil(2**(31+L) / d) < 2**32 and n * mul / 2**(31+L) = n / d + err, 0 <= err < 2**-L
+// <= 1/d, while frac(n / d) <= 1 - 1/d: the floor is n / d's.
+struct UDivisor {
+  unsigned d = 1, mul = 1u << 31, shift = 31;
+  MSTR_DEV unsigned div(unsigned n) const {
+    return unsigned((static_cast<unsigned long long>(n) * mul) >> shift);
   }
+};
+
+inline UDivisor make_divisor(unsigned d) {
+  UDivisor u;
+  if (d == 0) return u;  // no items: never divided by
+  unsigned L = 0;
+  while ((1ull << L) < d) ++L;
+  u.d = d;
+  u.shift = 31 + L;
+  u.mul = unsigned(((1ull << u.shift) + d - 1) / d);
+  return u;
 }
 
 // ---- shared-memory rows ---------------------------------------------------------------------
@@ -135,9 +168,26 @@ MSTR_DEV void load_raw(const T* row, int c, float (&x)[kChannels]) {
   }
 }
 
-// One output row of lane c: the values, or zeros (padding frames), as whole 16-byte vectors.
+// 16 bytes to global memory: `v`, or zeros when !valid, as one 16-byte store either way (a
+// predicated pair rather than four selects; the compiler split selected words into 4-byte
+// stores).
+MSTR_DEV void store16(void* dst, const uint4& v, bool valid) {
+#if defined(__CUDA_ARCH__)
+  asm volatile(
+      "{\n .reg .pred p;\n setp.ne.b32 p, %5, 0;\n"
+      " @p st.global.v4.b32 [%0], {%1, %2, %3, %4};\n"
+      " @!p st.global.v4.b32 [%0], {%6, %6, %6, %6};\n}\n" ::"l"(dst),
+      "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w), "r"(int(valid)), "r"(0u));
+#else
+  const uint4 out = valid ? v : uint4{0u, 0u, 0u, 0u};
+  std::memcpy(dst, &out, kVecBytes);
+#endif
+}
+
+// One output row of a lane: `lane_row` is the row's first element of the lane's channels (the
+// row + c * W for lane c); the values, or zeros (padding frames), as whole 16-byte vectors.
 template <class Cfg, typename T>
-MSTR_DEV void store_out(T* row, int c, const float (&x)[kChannels], bool valid) {
+MSTR_DEV void store_out(T* lane_row, const float (&x)[kChannels], bool valid) {
 #pragma unroll
   for (int u = 0; u < Cfg::U; ++u) {
     T tmp[Cfg::W];
@@ -145,11 +195,7 @@ MSTR_DEV void store_out(T* row, int c, const float (&x)[kChannels], bool valid) 
     for (int e = 0; e < Cfg::W; ++e) tmp[e] = static_cast<T>(x[u * Cfg::W + e]);
     uint4 raw;
     memcpy(&raw, tmp, kVecBytes);
-    raw.x = valid ? raw.x : 0u;  // selects on the packed words: fewer than on the values
-    raw.y = valid ? raw.y : 0u;
-    raw.z = valid ? raw.z : 0u;
-    raw.w = valid ? raw.w : 0u;
-    *reinterpret_cast<uint4*>(row + (c + Cfg::G * u) * Cfg::W) = raw;
+    store16(lane_row + Cfg::G * u * Cfg::W, raw, valid);
   }
 }
 

@@ -29,6 +29,16 @@ bool launch_backward(const at::Tensor& dout, const at::Tensor& q, const at::Tens
                      const at::Tensor& v, const at::Tensor& lengths, const FractalParams& prm,
                      at::Tensor& dq, at::Tensor& dk, at::Tensor& dv);
 
+// The A/B variants of the headline configuration (Variant; bfloat16, p=3, levels=4, D=64
+// only: fractal_spec_{fwd,bwd}_bf16.cu): false (nothing launched) for other inputs.
+bool launch_forward_variant(Variant variant, const at::Tensor& q, const at::Tensor& k,
+                            const at::Tensor& v, const at::Tensor& lengths,
+                            const FractalParams& prm, at::Tensor& out);
+bool launch_backward_variant(Variant variant, const at::Tensor& dout, const at::Tensor& q,
+                             const at::Tensor& k, const at::Tensor& v, const at::Tensor& lengths,
+                             const FractalParams& prm, at::Tensor& dq, at::Tensor& dk,
+                             at::Tensor& dv);
+
 #if defined(MSTR_SPEC_T)
 namespace detail {
 
@@ -46,6 +56,7 @@ template <class Cfg, typename T>
 __global__ void __launch_bounds__(Cfg::threads, Cfg::min_blocks)
     fractal_spec_fwd_kernel(const __grid_constant__ ForwardArgs<T> args) {
   extern __shared__ float4 smem_raw[];  // float4: 16-byte alignment
+  __builtin_assume(threadIdx.x < unsigned(Cfg::threads));  // the launch's block size
   const SpecBlock blk{int(threadIdx.x)};
   forward_block<Cfg>(blk, args, reinterpret_cast<unsigned char*>(smem_raw), int(blockIdx.x),
                      int(gridDim.x));
@@ -55,6 +66,7 @@ template <class Cfg, typename T>
 __global__ void __launch_bounds__(Cfg::threads, Cfg::min_blocks)
     fractal_spec_bwd_kernel(const __grid_constant__ BackwardArgs<T> args) {
   extern __shared__ float4 smem_raw[];
+  __builtin_assume(threadIdx.x < unsigned(Cfg::threads));  // the launch's block size
   const SpecBlock blk{int(threadIdx.x)};
   backward_block<Cfg>(blk, args, reinterpret_cast<unsigned char*>(smem_raw), int(blockIdx.x),
                       int(gridDim.x));
@@ -85,6 +97,7 @@ bool set_geometry(Args& a, const at::Tensor& q, const at::Tensor& lengths,
   a.H = int(q.size(1));
   a.n_super = int(n_super);
   a.n_items = int(n_items);
+  set_divisors(a);
   a.scale_log2 = float(prm.scale * 1.4426950408889634);
   return true;
 }
@@ -197,6 +210,47 @@ bool launch_backward(const at::Tensor& dout, const at::Tensor& q, const at::Tens
 #endif
 MSTR_SPEC_PL(MSTR_SPEC_INSTANTIATE_PL)
 #undef MSTR_SPEC_INSTANTIATE_PL
+
+#if defined(MSTR_SPEC_VARIANTS)
+static_assert(std::is_same_v<MSTR_SPEC_T, c10::BFloat16>, "the variants are bfloat16's");
+#if defined(MSTR_SPEC_FWD)
+bool launch_forward_variant(Variant variant, const at::Tensor& q, const at::Tensor& k,
+                            const at::Tensor& v, const at::Tensor& lengths,
+                            const FractalParams& prm, at::Tensor& out) {
+  using T = c10::BFloat16;
+  if (q.size(3) != 64 || prm.p != 3 || prm.levels != 4) return false;
+  switch (variant) {
+#define MSTR_SPEC_VARIANT(V)                                                                \
+  case V:                                                                                   \
+    return detail::forward_config<Config<T, 3, 4, 64, 3, 1, V>, T>(q, k, v, lengths, prm, out);
+    MSTR_SPEC_VARIANT(Variant::kMemory)
+    MSTR_SPEC_VARIANT(Variant::kArithmetic)
+    MSTR_SPEC_VARIANT(Variant::kGeluErf)
+#undef MSTR_SPEC_VARIANT
+    default: return false;
+  }
+}
+#else
+bool launch_backward_variant(Variant variant, const at::Tensor& dout, const at::Tensor& q,
+                             const at::Tensor& k, const at::Tensor& v, const at::Tensor& lengths,
+                             const FractalParams& prm, at::Tensor& dq, at::Tensor& dk,
+                             at::Tensor& dv) {
+  using T = c10::BFloat16;
+  if (q.size(3) != 64 || prm.p != 3 || prm.levels != 4) return false;
+  switch (variant) {
+#define MSTR_SPEC_VARIANT(V)                                                               \
+  case V:                                                                                  \
+    return detail::backward_config<BwdConfig<T, 3, 4, 64, V>, T>(dout, q, k, v, lengths, prm, \
+                                                                  dq, dk, dv);
+    MSTR_SPEC_VARIANT(Variant::kMemory)
+    MSTR_SPEC_VARIANT(Variant::kArithmetic)
+    MSTR_SPEC_VARIANT(Variant::kGeluErf)
+#undef MSTR_SPEC_VARIANT
+    default: return false;
+  }
+}
+#endif
+#endif  // MSTR_SPEC_VARIANTS
 #endif  // MSTR_SPEC_T
 
 }  // namespace specialised

@@ -19,140 +19,10 @@
 // two stages fit. Every phase is straight-line code over compile-time counts; no atomics.
 #pragma once
 
-#include "fractal_spec_configs.h"
-#include "fractal_spec_device.cuh"
+#include "fractal_spec_item.cuh"
 
 namespace mstr_kernels {
 namespace specialised {
-
-// kInputs tensors copied per item (forward: q, k, v; backward: q, k, v, dout), kOutRows pooled
-// output arrays (forward: GELU(Y); backward: the pooled shares of dq, dk, dv).
-template <typename T, int kP, int kL, int kD, int kInputs = 3, int kOutRows = 1>
-struct Config {
-  static_assert(kD % (2 * kChannels) == 0 || kD == kChannels * 4, "D in {32, 64, 128}");
-  static constexpr int p = kP, levels = kL, D = kD, inputs = kInputs, out_rows = kOutRows;
-  static constexpr int P = ipow(kP, kL);            // frames per tile
-  static constexpr int M = tiles_per_item(P);       // tiles per item
-  static constexpr int F = P * M;                   // frames per item
-  static constexpr int G = kD / kChannels;          // lanes per window: 4, 8 or 16
-  static constexpr int W = kVecBytes / int(sizeof(T));  // elements per 16-byte vector
-  static constexpr int U = kChannels / W;           // vectors per thread and row: 1 or 2
-  static constexpr int VPR = kD / W;                // vectors per row
-  static constexpr int N1 = F / kP;                 // level-1 windows
-  // Pooled levels l = 2..L: rows(l) = F / p**(l-1) rows of S(l) = p**(l-1) frames, the first at
-  // pool_off(l) in the pooled arrays; windows(l) windows.
-  static constexpr int S(int l) { return ipow(kP, l - 1); }
-  static constexpr int rows(int l) { return F / ipow(kP, l - 1); }
-  static constexpr int windows(int l) { return rows(l) / kP; }
-  static constexpr int pool_off(int l) {
-    int off = 0;
-    for (int m = 2; m < l; ++m) off += rows(m);
-    return off;
-  }
-  static constexpr int R_pool = pool_off(kL + 1);
-  static constexpr int win_off(int l) {  // first window of level l among the pooled windows
-    int off = 0;
-    for (int m = 2; m < l; ++m) off += windows(m);
-    return off;
-  }
-  static constexpr int pool_windows = win_off(kL + 1);
-  // Shared memory: raw q, k, v per stage (as in global memory), then fp32 pooled sums of q, k,
-  // v and the pooled GELU rows (R_pool rows of D floats each).
-  static constexpr int raw_bytes = kInputs * F * kD * int(sizeof(T));
-  static constexpr int pooled_floats = (kInputs + kOutRows) * (R_pool > 0 ? R_pool : 1) * kD;
-  static constexpr int pooled_bytes = pooled_floats * 4;
-  static constexpr int stages = 2 * raw_bytes + pooled_bytes <= kSmemTwoBlocks ? 2
-                                : raw_bytes + pooled_bytes <= kSmemTwoBlocks    ? 1
-                                : 2 * raw_bytes + pooled_bytes <= kSmemLimit    ? 2
-                                                                                : 1;
-  static constexpr int smem_bytes = stages * raw_bytes + pooled_bytes;
-  static constexpr bool fits = smem_bytes <= kSmemLimit;
-  static constexpr int min_blocks = smem_bytes <= kSmemTwoBlocks ? 2 : 1;
-  static constexpr int max_threads = min_blocks == 2 ? 256 : 512;
-  static constexpr int items1 = N1 * G;  // level-1 (window, lane) items
-  static constexpr int rounds1 = cdiv(items1, max_threads);
-  static constexpr int threads = cdiv(cdiv(items1, rounds1), 32) * 32;
-  static constexpr int items_pool = pool_windows * G;
-  static constexpr int rounds_pool = cdiv(items_pool, threads);
-  static constexpr Gelu gelu = sizeof(T) == 2 ? Gelu::kTanh : Gelu::kErf;
-};
-
-template <typename T>
-struct ForwardArgs {
-  TensorRef<const T> q, k, v;
-  TensorRef<T> out;
-  const int* lengths;  // nullptr: every frame is valid
-  // Packed sequences (nullptr: padded batch): the (2, n_super) work list, entry e an item of
-  // work[n_super + e] <= F valid frames from packed row work[e] (B = 1, n_super = entries).
-  const int* work = nullptr;
-  int64_t T_len;
-  int H, n_super, n_items;  // n_items = B * H * n_super < 2**31 (checked by the launcher)
-  float scale_log2;  // scale * log2(e): softmax in base 2
-  MSTR_DEV const TensorRef<const T>& input(int x) const { return x == 0 ? q : (x == 1 ? k : v); }
-};
-
-// Where an item lies: (b, super-tile, h) with h fastest (neighbouring blocks read neighbouring
-// memory of a (B, T, 3, H, D) projection).
-struct Item {
-  int64_t b, h, t0;
-  int frames;  // frames of the item inside the sequence (<= F)
-  int n;       // valid frames: 0 <= n <= frames
-};
-
-// A value of the packed-sequence work list (read-only for the whole launch).
-MSTR_DEV int work_value(const int* work, unsigned i) {
-#if defined(__CUDA_ARCH__)
-  return __ldg(work + i);
-#else
-  return work[i];
-#endif
-}
-
-template <class Cfg, class Args>
-MSTR_DEV Item locate(const Args& a, int item) {
-  Item it;
-  const unsigned rest = unsigned(item) / unsigned(a.H);
-  it.h = unsigned(item) - rest * unsigned(a.H);
-  const unsigned s = rest % unsigned(a.n_super);
-  it.b = rest / unsigned(a.n_super);  // packed sequences: 0 (n_super = entries)
-  // Packed: the entry's rows end the item (the rows past them are other sequences'), all valid.
-  const bool packed = a.work != nullptr;
-  it.t0 = packed ? unsigned(work_value(a.work, s)) : s * Cfg::F;  // >= 0 (checked)
-  const int64_t left = packed ? work_value(a.work, unsigned(a.n_super) + s) : a.T_len - it.t0;
-  it.frames = int(left < Cfg::F ? left : Cfg::F);
-  const int64_t len = packed ? it.t0 + it.frames : a.lengths ? int64_t(a.lengths[it.b]) : a.T_len;
-  const int64_t valid = len - it.t0;
-  it.n = int(valid < 0 ? 0 : (valid > it.frames ? it.frames : valid));
-  return it;
-}
-
-template <typename T>
-MSTR_DEV const T* row_ptr(const TensorRef<const T>& x, const Item& it, int t) {
-  return x.ptr + it.b * x.sb + it.h * x.sh + (it.t0 + t) * x.st;
-}
-
-// The item's q, k, v rows into `raw` (tensor-major, rows of D), VPR threads per row; rows of
-// frames past the valid length are zero-filled (their source address is not read).
-template <class Cfg, class Args, typename T, class Block>
-MSTR_DEV void issue_copies(const Block& blk, const Args& a, T* raw, const Item& it) {
-  constexpr int F = Cfg::F, D = Cfg::D, VPR = Cfg::VPR;
-  static_assert(Cfg::threads % VPR == 0, "whole rows per round");
-  constexpr int rows_per_round = Cfg::threads / VPR;
-  const int vec = blk.tid % VPR, t_first = blk.tid / VPR;
-#pragma unroll
-  for (int x = 0; x < Cfg::inputs; ++x) {
-    const TensorRef<const T>& src = a.input(x);
-    const T* from = row_ptr(src, it, t_first) + vec * Cfg::W;
-    const int64_t step = int64_t(rows_per_round) * src.st;
-    T* dst = raw + (x * F + t_first) * D + vec * Cfg::W;
-#pragma unroll
-    for (int r = 0; r < cdiv(F, rows_per_round); ++r) {
-      const int t = t_first + r * rows_per_round;
-      if (F % rows_per_round == 0 || t < F) copy16(dst + r * rows_per_round * D, from, t < it.n);
-      from += step;
-    }
-  }
-}
 
 // ---- one item -------------------------------------------------------------------------------
 
@@ -280,7 +150,7 @@ MSTR_DEV void pooled_sums(const Block& blk, const T* raw, float* psum, int c) {
         const int j = k / G;
 #pragma unroll
         for (int x = 0; x < Cfg::inputs; ++x) {
-          float acc[C] = {};
+          float acc[C];  // started from the first row: no additions of zero
 #pragma unroll
           for (int i = 0; i < p; ++i) {
             float row[C];
@@ -291,7 +161,7 @@ MSTR_DEV void pooled_sums(const Block& blk, const T* raw, float* psum, int c) {
               load_pooled<Cfg>(psum + (x * Cfg::R_pool + below + j * p + i) * D, c, row);
             }
 #pragma unroll
-            for (int e = 0; e < C; ++e) acc[e] += row[e];
+            for (int e = 0; e < C; ++e) acc[e] = i == 0 ? row[e] : acc[e] + row[e];
           }
           constexpr int here = Cfg::pool_off(l);
           store_pooled<Cfg>(psum + (x * Cfg::R_pool + here + j) * D, c, acc);
@@ -303,6 +173,30 @@ MSTR_DEV void pooled_sums(const Block& blk, const T* raw, float* psum, int c) {
 
 }
 
+// Variant::kMemory's item: output row t of tensor x (dst(x), x < kOut) is raw row t of input
+// x, in the mapping and with the stores of level 1.
+template <class Cfg, int kOut, typename T, class Block, class Dst>
+MSTR_DEV void copy_rows_out(const Block& blk, const T* raw, const Item& it, Dst&& dst) {
+  constexpr int p = Cfg::p, G = Cfg::G, D = Cfg::D, F = Cfg::F;
+#pragma unroll
+  for (int r = 0; r < Cfg::rounds1; ++r) {
+    const int k = blk.tid + r * Cfg::threads;
+    const bool active = k < Cfg::items1;
+    const int w = active ? k / G : 0, c = blk.tid % G;
+#pragma unroll
+    for (int x = 0; x < kOut; ++x) {
+      const TensorRef<T>& d = dst(x);
+      T* const row0 = d.ptr + it.b * d.sb + it.h * d.sh + (it.t0 + w * p) * d.st + c * Cfg::W;
+#pragma unroll
+      for (int i = 0; i < p; ++i) {
+        float row[kChannels];
+        load_raw<Cfg>(raw + (x * F + w * p + i) * D, c, row);
+        if (active && w * p + i < it.frames) store_out<Cfg>(row0 + i * d.st, row, w * p + i < it.n);
+      }
+    }
+  }
+}
+
 template <class Cfg, typename T, class Block>
 MSTR_DEV void forward_item(const Block& blk, const ForwardArgs<T>& a, const T* raw, float* pooled,
                            const Item& it) {
@@ -312,6 +206,10 @@ MSTR_DEV void forward_item(const Block& blk, const ForwardArgs<T>& a, const T* r
   float* pgelu = pooled + 3 * Cfg::R_pool * D;  // [R_pool][D]: GELU(Y) of the pooled rows
   const int c = blk.tid % G;
 
+  if constexpr (Cfg::variant == Variant::kMemory) {
+    copy_rows_out<Cfg, 1>(blk, raw, it, [&](int) -> const TensorRef<T>& { return a.out; });
+    return;
+  }
   pooled_sums<Cfg>(blk, raw, psum, c);
 
   // Pooled attention, all levels at once: item k = (window, lane), whole warps skipped.
@@ -373,6 +271,9 @@ MSTR_DEV void forward_item(const Block& blk, const ForwardArgs<T>& a, const T* r
     float vr[p][C];
 #pragma unroll
     for (int i = 0; i < p; ++i) load_raw<Cfg>(raw + (2 * F + w * p + i) * D, c, vr[i]);
+    // The window's first output row; the others by the row stride (not each from scratch).
+    T* const out_row =
+        a.out.ptr + it.b * a.out.sb + it.h * a.out.sh + (it.t0 + w * p) * a.out.st + c * Cfg::W;
 #pragma unroll
     for (int i = 0; i < p; ++i) {
       float y[C];
@@ -384,63 +285,14 @@ MSTR_DEV void forward_item(const Block& blk, const ForwardArgs<T>& a, const T* r
         for (int e = 0; e < C; ++e) y[e] = fmaf(s[i][j], vr[j][e], y[e]);
       }
 #pragma unroll
-      for (int e = 0; e < C; ++e) y[e] = gelu<Cfg::gelu>(y[e]) + up[e];
-      const int t = w * p + i;
-      if (active && t < it.frames) {
-        T* dst = a.out.ptr + it.b * a.out.sb + it.h * a.out.sh + (it.t0 + t) * a.out.st;
-        store_out<Cfg>(dst, c, y, valid[i]);
+      for (int e = 0; e < C; ++e) y[e] = gelu_add<Cfg::gelu>(y[e], up[e]);
+      if (active && w * p + i < it.frames && writes_outputs<Cfg>(a)) {
+        store_out<Cfg>(out_row + i * a.out.st, y, valid[i]);
       }
     }
   }
 }
 
-// Shared memory of a block: `stages` raw buffers, then the pooled arrays.
-template <class Cfg, typename T>
-MSTR_DEV T* raw_stage(unsigned char* smem, int stage) {
-  return reinterpret_cast<T*>(smem + stage * Cfg::raw_bytes);
-}
-
-template <class Cfg>
-MSTR_DEV float* pooled_area(unsigned char* smem) {
-  return reinterpret_cast<float*>(smem + Cfg::stages * Cfg::raw_bytes);
-}
-
-// A block's items first, first + stride, ...: the next item's copies are issued before this
-// one's arithmetic (two stages), or after it (one stage); item_fn(raw, pooled, Item, index)
-// does one. kRelocate: the item's position is recomputed each iteration rather than carried
-// over from the previous one's copies (fewer registers live across the item: the backward).
-template <class Cfg, typename T, bool kRelocate = false, class Args, class Block, class ItemFn>
-MSTR_DEV void item_loop(const Block& blk, const Args& a, unsigned char* smem, int first, int stride,
-                        ItemFn&& item_fn) {
-  if (first >= a.n_items) return;
-  float* pooled = pooled_area<Cfg>(smem);
-  Item it = locate<Cfg>(a, first);
-  issue_copies<Cfg>(blk, a, raw_stage<Cfg, T>(smem, 0), it);
-  copy_commit();
-  int stage = 0;
-  for (int item = first; item < a.n_items; item += stride) {
-    const int next = item + stride;
-    if constexpr (kRelocate) it = locate<Cfg>(a, item);
-    const Item it_next = locate<Cfg>(a, next < a.n_items ? next : item);
-    if constexpr (Cfg::stages == 2) {
-      if (next < a.n_items) issue_copies<Cfg>(blk, a, raw_stage<Cfg, T>(smem, stage ^ 1), it_next);
-      copy_commit();
-      copy_wait<1>();
-    } else {
-      copy_wait<0>();
-    }
-    blk.sync();
-    item_fn(raw_stage<Cfg, T>(smem, stage), pooled, it, item);
-    blk.sync();
-    if constexpr (Cfg::stages == 2) {
-      stage ^= 1;
-    } else {
-      if (next < a.n_items) issue_copies<Cfg>(blk, a, raw_stage<Cfg, T>(smem, 0), it_next);
-      copy_commit();
-    }
-    if constexpr (!kRelocate) it = it_next;
-  }
-}
 
 template <class Cfg, typename T, class Block>
 MSTR_DEV void forward_block(const Block& blk, const ForwardArgs<T>& a, unsigned char* smem,

@@ -217,6 +217,7 @@ void spec_geometry(Args& a, const at::Tensor& q, const c10::optional<at::Tensor>
     a.n_super = int(work.size(1));
   }
   a.n_items = int(q.size(0)) * a.H * a.n_super;
+  spec::set_divisors(a);
 }
 
 template <class Cfg, typename T>
@@ -311,6 +312,42 @@ std::vector<at::Tensor> spec_backward_t(const at::Tensor& dout, const at::Tensor
 #undef MSTR_HOST_CASE_PL
 #undef MSTR_HOST_CASE_D
   TORCH_CHECK(false, "no specialised backward for p=", p, " levels=", levels, " D=", D);
+}
+
+// An A/B variant (spec::Variant, by its value) of the headline configuration, bfloat16 p=3
+// levels=4 D=64: the forward's (out, info) or the backward's (dq, dk, dv, info).
+template <spec::Variant V>
+std::vector<at::Tensor> spec_variant_v(bool backward, const at::Tensor& dout, const at::Tensor& q,
+                                       const at::Tensor& k, const at::Tensor& v,
+                                       const c10::optional<at::Tensor>& lengths, double scale,
+                                       int64_t grid) {
+  using T = c10::BFloat16;
+  if (backward) {
+    return spec_backward_cfg<spec::BwdConfig<T, 3, 4, 64, V>, T>(dout, q, k, v, lengths, scale,
+                                                                 grid, at::Tensor());
+  }
+  return spec_forward_cfg<spec::Config<T, 3, 4, 64, 3, 1, V>, T>(q, k, v, lengths, scale, grid,
+                                                                at::Tensor());
+}
+
+std::vector<at::Tensor> spec_variant(bool backward, int64_t variant, const at::Tensor& dout,
+                                     const at::Tensor& q, const at::Tensor& k,
+                                     const at::Tensor& v, const c10::optional<at::Tensor>& lengths,
+                                     double scale, int64_t grid) {
+  TORCH_CHECK(q.scalar_type() == at::kBFloat16 && q.size(3) == 64, "bfloat16, D=64 only");
+  switch (static_cast<spec::Variant>(variant)) {
+    case spec::Variant::kFull:
+      return spec_variant_v<spec::Variant::kFull>(backward, dout, q, k, v, lengths, scale, grid);
+    case spec::Variant::kMemory:
+      return spec_variant_v<spec::Variant::kMemory>(backward, dout, q, k, v, lengths, scale, grid);
+    case spec::Variant::kArithmetic:
+      return spec_variant_v<spec::Variant::kArithmetic>(backward, dout, q, k, v, lengths, scale,
+                                                         grid);
+    case spec::Variant::kGeluErf:
+      return spec_variant_v<spec::Variant::kGeluErf>(backward, dout, q, k, v, lengths, scale,
+                                                      grid);
+  }
+  TORCH_CHECK(false, "variant ", variant, " is not 0..3");
 }
 
 // Returns (out, [threads, shared-memory bytes, frames per item, stages]).
@@ -425,4 +462,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("scale"), py::arg("budget") = 100 * 1024, py::arg("nthreads") = 64,
         py::arg("grid") = 2);
   m.def("spec_configs", &spec_configs);
+  m.def("spec_variant", &spec_variant);
+  m.def("udiv", [](const at::Tensor& n, int64_t d) {  // the kernels' division by a constant
+    const spec::UDivisor u = spec::make_divisor(unsigned(d));
+    at::Tensor q = n.to(at::kLong).contiguous().clone();
+    int64_t* x = q.data_ptr<int64_t>();
+    for (int64_t i = 0; i < q.numel(); ++i) x[i] = u.div(unsigned(x[i]));
+    return q;
+  });
 }
