@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch  # noqa: E402
 from mstr_kernels.bench import timing  # noqa: E402
 from mstr_kernels.ops import triton_fractal as tf  # noqa: E402
-from triton_tune import add_shape_arguments, shape_inputs  # noqa: E402  (this folder)
+from triton_tune import parse_gpu_shape_args, shape_inputs  # noqa: E402  (this folder)
 
 
 def main(argv=None) -> int:
@@ -32,10 +32,8 @@ def main(argv=None) -> int:
     parser.add_argument("--kind", choices=("fwd", "bwd"), default="fwd")
     parser.add_argument("--config", action="append", required=True, type=json.loads)
     parser.add_argument("--rounds", type=int, default=5)
-    add_shape_arguments(parser)
-    args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("no CUDA GPU visible")
+    args = parse_gpu_shape_args(parser, argv)
+    if args is None:
         return 1
     B, H, T, D, p, levels = args.B, args.H, args.T, args.D, args.p, args.levels
     q, k, v, dout, scale, tensor_bytes, bandwidth = shape_inputs(args)

@@ -64,6 +64,16 @@ def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--{name}", type=int, default=default)
 
 
+def parse_gpu_shape_args(parser: argparse.ArgumentParser, argv=None):
+    """The parsed arguments with the shape ones added; None, after saying so, without a GPU."""
+    add_shape_arguments(parser)
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("no CUDA GPU visible")
+        return None
+    return args
+
+
 def shape_inputs(args):
     """q, k, v, dout (bf16 projection views), the scale, the bytes of one tensor and the copy
     bandwidth (bytes/s) for the shape in `args`: what every Triton timing script starts from."""

@@ -19,8 +19,10 @@
 #      SDPA's on CUDA (benchmarks/host_overhead.py), the CUDA-graph capture and no-host-read
 #      tests on CUDA, and the model rows (`mstr bench --no-op`: MSTR[triton] and vanilla, eager
 #      and compiled, B=32 and B=8, GPU busy time beside wall time), saved row by row;
-#   5. an alternating A/B of the forward: specialised vs general CUDA kernels
-#      (MSTR_KERNELS_CUDA_GENERAL) and triton, rounds interleaved (benchmarks/profile_op.py);
+#   5. an alternating A/B of the forward and the backward at the headline shape
+#      (benchmarks/cuda_variants_ab.py, rounds interleaved in one process): the specialised
+#      kernels, their loads and stores alone, their arithmetic alone, the erf-form GELU, the
+#      general CUDA kernels and triton, each against the memory floor (ab.json);
 #   6. ncu on one launch of each kernel (--clock-control none): DRAM bytes read and written,
 #      warp instructions, issue-active percentage, warp stall reasons;
 #   7. a results file <gpu>-<date>-window.json under benchmarks/results/ and a short table,
@@ -115,17 +117,8 @@ if want training; then
 fi
 
 if want ab; then  # rounds interleaved, so that clock and thermal drift hit every variant alike
-  : > "$WORK/ab.txt"
-  for round in 1 2; do
-    for variant in specialised general triton; do
-      backend=cuda; env_general=0
-      [ $variant = general ] && env_general=1
-      [ $variant = triton ] && backend=triton
-      line=$(MSTR_KERNELS_CUDA_GENERAL=$env_general step "A/B $variant round $round" 25 \
-        $PY benchmarks/profile_op.py --backend $backend --kind fwd --calls 12 | tail -1)
-      echo "$line"; echo "$variant $round $line" >> "$WORK/ab.txt"
-    done
-  done
+  step "A/B of the kernel variants" 90 $PY benchmarks/cuda_variants_ab.py --kinds fwd bwd \
+    --rounds 3 --json "$WORK/ab.json"
 fi
 
 if want ncu; then

@@ -1,7 +1,6 @@
 """Summary of one GPU window (scripts/gpu_window.sh): reads what its steps left in a folder
 (steps.txt, static.json, bench.json, model.json, host-overhead.json, packed-vs-padded.json,
-ab.txt, ncu.txt), writes one results JSON and prints a
-short table. Missing pieces are reported as missing, never filled in.
+ab.json, ncu.txt), writes one results JSON and prints a short table. Missing pieces are reported as missing, never filled in.
 
     python scripts/gpu_window_summary.py WORK_DIR --json RESULTS.json
 """
@@ -46,14 +45,9 @@ def read_bench(work: Path):
 
 
 def read_ab(work: Path):
-    path = work / "ab.txt"
-    times = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            m = re.match(r"(\S+) (\d+) .*: ([0-9.]+) ms", line)
-            if m:
-                times.setdefault(m.group(1), []).append(float(m.group(3)))
-    return {v: {"rounds_ms": t, "median_ms": statistics.median(t)} for v, t in times.items()}
+    """The rows of benchmarks/cuda_variants_ab.py (kind, variant, median_us, floor_ratio, ...)."""
+    path = work / "ab.json"
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def _number(text):
@@ -113,7 +107,7 @@ def main(argv=None) -> int:
               "host_overhead": host["rows"] if host else None,
               "packed_vs_padded": {"rows": packed["rows"], "ratios": packed["ratios"]}
               if packed else None,
-              "ab_forward": read_ab(work),
+              "ab_variants": read_ab(work),
               "ncu": read_ncu_file(work / "ncu.txt"),
               "static": static}
     log = work / "window.log"
@@ -158,9 +152,12 @@ def main(argv=None) -> int:
             + f"{packed['ratios']['packed_over_bucketed']:.2f}x")
     else:
         print("packed vs padded: missing")
-    for variant, ab in result["ab_forward"].items():
-        print(f"A/B forward {variant:>12}: median {ab['median_ms']:.3f} ms over rounds "
-              + ", ".join(f"{t:.3f}" for t in ab["rounds_ms"]))
+    for r in result["ab_variants"] or []:
+        what = (f"{r['median_us']:.1f} us, {r['floor_ratio']:.2f}x floor"
+                if r.get("median_us") is not None else "not timed")
+        print(f"A/B {r['kind']} {r['variant']:>10}: {what} ({r.get('note', '')})")
+    if result["ab_variants"] is None:
+        print("A/B of the variants: missing")
     for name, m in result["ncu"].items():
         if "error" in m:
             print(f"{name}: {m['error']}")

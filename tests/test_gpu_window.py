@@ -44,6 +44,7 @@ def test_dry_run_writes_a_summary_that_says_what_is_missing(tmp_path):
     assert data["packed_vs_padded"] is None
     assert "benchmark: missing" in res.stdout and "model rows: missing" in res.stdout
     assert "packed vs padded: missing" in res.stdout
+    assert data["ab_variants"] is None and "A/B of the variants: missing" in res.stdout
 
 
 def test_packed_step_is_in_the_default_window():
@@ -85,3 +86,40 @@ def test_summary_reads_training_figures(tmp_path):
     assert data["model_targets"] == [target]
     assert "1.70x SDPA" in printed and "step 9.50 ms, GPU busy 8.00 ms" in printed
     assert "[met] compiled MSTR[triton] training step B=8 / B=32" in printed
+
+
+def test_summary_reads_the_variants_ab(tmp_path):
+    work = tmp_path / "w"
+    work.mkdir()
+    rows = [{"kind": "fwd", "variant": "full", "median_us": 300.0, "floor_ratio": 1.2,
+             "note": "rel. diff 0.0e+00 vs full"},
+            {"kind": "bwd", "variant": "memory", "median_us": None, "floor_ratio": None,
+             "note": "failed: RuntimeError: x"}]
+    (work / "ab.json").write_text(json.dumps(rows))
+    data, printed = run_summary(work, tmp_path)
+    assert data["ab_variants"] == rows
+    assert "A/B fwd       full: 300.0 us, 1.20x floor" in printed
+    assert "A/B bwd     memory: not timed (failed: RuntimeError: x)" in printed
+
+
+def test_variants_ab_names_what_the_extension_accepts():
+    """The window's A/B script sets MSTR_KERNELS_CUDA_VARIANT to names the extension parses
+    (csrc/cuda/fractal_spec_cuda.cu), and without a GPU it says so and fails."""
+    import re
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import cuda_variants_ab as ab
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    source = (ROOT / "csrc" / "cuda" / "fractal_spec_cuda.cu").read_text()
+    accepted = set(re.findall(r'strcmp\(env, "([a-z-]+)"\) == 0\) return Variant', source))
+    assert accepted == {"full", "memory", "arithmetic", "gelu-erf"}, accepted
+    assert set(ab.SETTINGS) == set(ab.VARIANTS)
+    assert {kernel for _, kernel, _ in ab.SETTINGS.values()} <= accepted
+    text = SCRIPT.read_text()
+    assert "benchmarks/cuda_variants_ab.py" in text and '"$WORK/ab.json"' in text
+    if not __import__("torch").cuda.is_available():
+        res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cuda_variants_ab.py"),
+                              "--rounds", "1"], capture_output=True, text=True, cwd=ROOT,
+                             env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        assert res.returncode == 1 and "no CUDA GPU visible" in res.stdout
