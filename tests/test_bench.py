@@ -333,3 +333,15 @@ def test_readme_perf_section_is_rendered_from_results(quick_run, tmp_path):
     readme.write_text("no markers")
     with pytest.raises(SystemExit, match="needs the markers"):
         render.main(args)
+
+
+def test_committed_readme_matches_the_committed_results():
+    """The README's performance section is what the committed results files render to (a new
+    results file or a new target without `python scripts/render_readme_perf.py` fails here)."""
+    import importlib.util
+    from pathlib import Path
+    script = Path(__file__).resolve().parent.parent / "scripts" / "render_readme_perf.py"
+    spec = importlib.util.spec_from_file_location("render_readme_perf_committed", script)
+    render = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(render)
+    assert render.main(["--check"]) == 0
