@@ -35,7 +35,11 @@ def fractal_attention_f64(q, k, v, p, levels, lengths=None, scale=None):
                 for j in range(n_pooled):
                     w = j // p
                     window = range(w * p, min((w + 1) * p, n_pooled))
-                    s = [scale * float(np.dot(pooled["q"][j], pooled["k"][i])) for i in window]
+                    # Correctly rounded sums of the products: np.dot's order (and FMA use)
+                    # varies between numpy builds and would break exact ties of scores that
+                    # adversarial inputs (magnitudes of 1e18) create on purpose.
+                    s = [scale * math.fsum(np.multiply(pooled["q"][j], pooled["k"][i]))
+                         for i in window]
                     top = max(s)
                     e = [math.exp(si - top) for si in s]
                     z = sum(e)

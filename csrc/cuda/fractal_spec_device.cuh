@@ -32,7 +32,7 @@ constexpr int kChannels = 8;                 // channels per thread
 constexpr int kSmemTwoBlocks = 113 * 1024;   // per block, for 2 blocks per SM (sm_90: 228 KiB)
 constexpr int kSmemLimit = 227 * 1024;       // sm_90 opt-in per block
 
-enum class Gelu { kErf, kTanh };  // kTanh: hardware tanh form, half precision only
+enum class Gelu { kErf, kTanh };  // kTanh: hardware tanh form, bfloat16 only
 
 // What a kernel does (A/B of the design in the GPU window; only kFull is correct): kMemory the
 // copies in and the output rows out (each output row its input row), kArithmetic everything
@@ -86,8 +86,9 @@ MSTR_DEV float gelu_erf_phi(float x) {
   return x >= 0.0f ? 1.0f - tail : tail;
 }
 
-// GELU, tanh form: x * (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2. Within the bfloat16 and
-// float16 bounds of SPEC section 1, not float32's: used for half-precision inputs only.
+// GELU, tanh form: x * (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2. Its error (2.5e-4 of the
+// norm of GELU', 9e-4 at most) is below bfloat16's own rounding but not float16's (whose
+// gradients it takes past SPEC section 1's bound) nor float32's: used for bfloat16 only.
 MSTR_DEV float gelu_tanh_phi(float x) {
   const float u = x * fmaf(0.0356774081f, x * x, 0.7978845608f);
   return fmaf(0.5f, tanh_fast(u), 0.5f);

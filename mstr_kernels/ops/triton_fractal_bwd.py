@@ -15,7 +15,7 @@ top-down: A_l[j] = share_l[j] + A_{l+1}[j // p]; level 1 adds A_2 and writes dq,
 import triton
 import triton.language as tl
 
-from .triton_fractal_common import (_attend_rows, _gelu_grad, _half_precision, _load_rows,
+from .triton_fractal_common import (_attend_rows, _gelu_grad, _load_rows,
                                     _pool_pyramid, _pool_rows, _row_counts, _store_rows,
                                     _tile_coords)
 
@@ -131,7 +131,11 @@ def fractal_bwd_kernel(
         PROGRAM_STRIDE: tl.constexpr, BR: tl.constexpr, BR_LEVEL: tl.constexpr,
         BR_POOL: tl.constexpr, BD: tl.constexpr,
         VARLEN: tl.constexpr = False):
-    GELU_TANH: tl.constexpr = _half_precision(q_ptr)
+    # GELU takes its tanh form for bfloat16 only, whose own rounding (2**-9) exceeds that form's
+    # error; float16's gradients would not stay within SPEC section 1. Formed here, not in a
+    # helper: Triton 3.6 (torch 2.11) returns a helper's value as a tensor, which `if` cannot
+    # branch on.
+    GELU_TANH: tl.constexpr = q_ptr.dtype.element_ty.is_bf16()
     pid = tl.program_id(0)
     region = N_ROWS * DS
     scr_q = scratch_ptr + pid.to(tl.int64) * PROGRAM_STRIDE

@@ -13,7 +13,7 @@ Work is in row layout: chunks of BR consecutive rows of a level, window partners
 import triton
 import triton.language as tl
 
-from .triton_fractal_common import (_attend_rows, _gelu, _half_precision, _load_rows,
+from .triton_fractal_common import (_attend_rows, _gelu, _load_rows,
                                     _pool_pyramid, _pool_rows, _row_counts, _store_rows,
                                     _tile_coords)
 
@@ -82,7 +82,11 @@ def fractal_fwd_kernel(
         PROGRAM_STRIDE: tl.constexpr, BR: tl.constexpr, BR_LEVEL: tl.constexpr,
         BR_POOL: tl.constexpr, BD: tl.constexpr, LEVEL1_FIRST: tl.constexpr,
         VARLEN: tl.constexpr = False):
-    GELU_TANH: tl.constexpr = _half_precision(q_ptr)
+    # GELU takes its tanh form for bfloat16 only, whose own rounding (2**-9) exceeds that form's
+    # error; float16's gradients would not stay within SPEC section 1. Formed here, not in a
+    # helper: Triton 3.6 (torch 2.11) returns a helper's value as a tensor, which `if` cannot
+    # branch on.
+    GELU_TANH: tl.constexpr = q_ptr.dtype.element_ty.is_bf16()
     pid = tl.program_id(0)
     region = N_ROWS * DS
     scr_q = scratch_ptr + pid.to(tl.int64) * PROGRAM_STRIDE
