@@ -66,6 +66,25 @@ def test_int64_lengths_in_range_equal_int32(backend):
     assert torch.equal(a, b)
 
 
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("dtype", [torch.int8, torch.uint8, torch.int16])
+def test_narrow_integer_lengths_equal_int32(backend, dtype):
+    """SPEC: `lengths` is any integer tensor; narrow ones are widened, out-of-range refused."""
+    q, k, v = qkv_views(2, 1, 10, 4)
+    want = run(q, k, v, backend, p=3, levels=2, lengths=torch.tensor([7, 10], dtype=torch.int32))
+    for _ in range(2):  # the second call takes the remembered (hot) path
+        got = run(q, k, v, backend, p=3, levels=2, lengths=torch.tensor([7, 10], dtype=dtype))
+        assert torch.equal(got, want)
+    with pytest.raises(ValueError, match=r"lengths contains 11, out of range"):
+        run(q, k, v, backend, p=3, levels=2, lengths=torch.tensor([11, 1], dtype=dtype))
+    torch._dynamo.reset()  # one lambda per case: no recompile limit across the parameters
+    compiled = torch.compile(lambda q, k, v, n: run(q, k, v, backend, p=3, levels=2, lengths=n),
+                             fullgraph=True)
+    # compiled: inductor may fuse the reference's ops in another order, hence a tolerance
+    torch.testing.assert_close(compiled(q, k, v, torch.tensor([7, 10], dtype=dtype)), want,
+                               rtol=1e-5, atol=1e-6)
+
 # ---- issue 18 item 2: windows whose scores all lie far below zero ----
 
 @pytest.mark.parametrize("backend", cpu_backends())

@@ -62,7 +62,7 @@ def test_bad_lengths():
         call(q, k, v, lengths=torch.tensor([9, 2]))
     with pytest.raises(ValueError, match=r"lengths contains -1, out of range"):
         call(q, k, v, lengths=torch.tensor([-1, 2]))
-    with pytest.raises(TypeError, match=r"lengths.dtype=torch.float32 is not supported: allowed are int32, int64"):
+    with pytest.raises(TypeError, match=r"lengths.dtype=torch.float32 is not supported: allowed are int8, uint8, int16, int32, int64"):
         call(q, k, v, lengths=torch.tensor([1.0, 2.0]))
     with pytest.raises(ValueError, match=r"lengths.shape=\(3,\) must be \(B,\) = \(2,\)"):
         call(q, k, v, lengths=torch.tensor([1, 2, 3]))

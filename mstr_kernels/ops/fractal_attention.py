@@ -187,6 +187,8 @@ def fractal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, p: i
     Under `torch.autocast`, float32 / float16 / bfloat16 q, k, v are cast to the autocast dtype
     and float64 stays float64, as SDPA's inputs are.
     """
+    if isinstance(lengths, torch.Tensor) and lengths.dtype in validation.NARROW_INT_DTYPES:
+        lengths = lengths.to(torch.int32)  # SPEC: any integer tensor; these always fit int32
     # The hot path (eager, no autocast): a call whose signature was accepted before skips the
     # checks and the backend choice; its `lengths` values are still checked inside the op.
     hot = not torch.compiler.is_compiling() and not _any_autocast()

@@ -41,6 +41,8 @@ FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 # What torch.autocast casts for SDPA (and so for this op): floating inputs except float64.
 AUTOCAST_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 INT_DTYPES = (torch.int32, torch.int64)
+# Integer dtypes of `lengths` that the op widens to int32 first (every value fits).
+NARROW_INT_DTYPES = frozenset((torch.int8, torch.uint8, torch.int16))
 
 
 def max_levels(p: int, max_tile: int = SPEC.max_tile) -> int:
@@ -116,7 +118,8 @@ def check_lengths_meta(lengths: Optional[torch.Tensor], q: torch.Tensor) -> None
                         f"got {type(lengths).__name__}")
     B = q.shape[0]
     if lengths.dtype not in INT_DTYPES:
-        raise TypeError(f"lengths.dtype={lengths.dtype} is not supported: allowed are int32, int64")
+        raise TypeError(f"lengths.dtype={lengths.dtype} is not supported: allowed are int8, "
+                        f"uint8, int16, int32, int64")
     if lengths.dim() != 1 or lengths.shape[0] != B:
         raise ValueError(f"lengths.shape={tuple(lengths.shape)} must be (B,) = ({B},)")
     if lengths.device != q.device:
